@@ -1,0 +1,1 @@
+"""secmig-nova: secure live migration for OpenStack Nova."""

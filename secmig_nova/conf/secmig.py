@@ -1,0 +1,130 @@
+"""The ``[secmig]`` group: this host's identity and the migration tunnel."""
+
+from oslo_config import cfg
+
+GROUP_NAME = 'secmig'
+
+secmig_group = cfg.OptGroup(
+    GROUP_NAME,
+    title='Secure live migration',
+    help="""
+Options of this host's secure live migration: the cloud it belongs to, the
+X.509 identity it presents to the peer host, the trust store it verifies peers
+with, and the tunnel that carries QEMU's migration stream.
+""")
+
+identity_opts = [
+    cfg.StrOpt('cloud_id',
+               default='default',
+               regex=r'^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$',
+               help="""
+Identifier of the cloud this host belongs to. It must equal the cloud id in
+the ``urn:secmig:<cloud-id>:host:<hostname>`` URI of this host's certificate
+and is the issuer of tickets and the audience of grants.
+"""),
+    cfg.StrOpt('cert_file',
+               default='/etc/secmig/host.crt',
+               help="""
+PEM certificate chain of this host (leaf first, then any intermediates), as
+issued by ``secmig-nova-manage ca issue host``. Presented to the peer host in
+the tunnel's TLS handshake and embedded (``x5c``) in this host's receipts.
+"""),
+    cfg.StrOpt('key_file',
+               default='/etc/secmig/host.key',
+               secret=True,
+               help="""
+PEM private key of ``cert_file`` (ECDSA P-256). Must be readable by the
+nova-compute user only (mode 0600).
+"""),
+    cfg.StrOpt('ca_file',
+               default='/etc/secmig/ca.crt',
+               help="""
+PEM bundle of this cloud's CA certificates. Peer hosts of this cloud and this
+cloud's broker must chain to one of them.
+"""),
+    cfg.StrOpt('crl_file',
+               help="""
+Optional PEM certificate revocation list issued by this cloud's CA. When set,
+a revoked host or broker certificate is refused; when the CRL is set but
+unreadable or not signed by the CA, everything is refused (fail closed).
+"""),
+]
+
+tunnel_opts = [
+    cfg.StrOpt('socket_dir',
+               default='/run/secmig',
+               help="""
+Directory for the per-migration UNIX sockets that QEMU connects to on the
+source host (``<socket_dir>/<migration-id>.sock``) and listens on at the
+destination. Must exist on both hosts with the same path.
+"""),
+    cfg.HostAddressOpt('tunnel_listen_address',
+                       default='127.0.0.1',
+                       help="""
+Address the destination tunnel listens on for the source host's TLS
+connection. Set it to this host's address on the live-migration network.
+"""),
+    cfg.PortOpt('tunnel_port_min',
+                default=49400,
+                help='Lowest TCP port of the destination tunnel listener.'),
+    cfg.PortOpt('tunnel_port_max',
+                default=49499,
+                help='Highest TCP port of the destination tunnel listener.'),
+    cfg.IntOpt('checkpoint_bytes',
+               default=64 * 1024 * 1024,
+               min=64 * 1024,
+               help="""
+Every this many bytes of a stream direction the sender sends a checkpoint
+with the SHA-256 of everything sent so far, which the peer must acknowledge
+with an equal digest; a mismatch aborts the migration.
+"""),
+    cfg.StrOpt('tls_cipher',
+               default='aes-256-gcm',
+               choices=[('aes-256-gcm', 'TLS_AES_256_GCM_SHA384'),
+                        ('aes-128-gcm', 'TLS_AES_128_GCM_SHA256')],
+               help='TLS 1.3 cipher suite of the migration tunnel.'),
+    cfg.StrOpt('ecdh_curve',
+               default='prime256v1',
+               choices=[('prime256v1', 'NIST P-256'),
+                        ('secp384r1', 'NIST P-384')],
+               help='ECDHE group of the tunnel\'s TLS 1.3 key exchange.'),
+    cfg.FloatOpt('handshake_timeout',
+                 default=10.0,
+                 min=0.1,
+                 help="""
+Seconds allowed for connecting to the peer, the TLS handshake and the
+HELLO/HELLO_OK exchange of one tunnel connection.
+"""),
+    cfg.FloatOpt('local_endpoint_timeout',
+                 default=10.0,
+                 min=0.0,
+                 help="""
+Seconds the destination tunnel keeps retrying to connect to the local QEMU
+migration socket, which QEMU creates shortly after the migration starts.
+"""),
+    cfg.FloatOpt('idle_timeout',
+                 default=120.0,
+                 min=1.0,
+                 help="""
+A tunnel connection that moves no byte in either direction for this many
+seconds is aborted.
+"""),
+    cfg.FloatOpt('max_clock_skew',
+                 default=30.0,
+                 min=0.0,
+                 help="""
+Seconds of clock difference tolerated when checking the validity period of
+grants and tickets.
+"""),
+]
+
+ALL_OPTS = identity_opts + tunnel_opts
+
+
+def register_opts(conf):
+    conf.register_group(secmig_group)
+    conf.register_opts(ALL_OPTS, group=secmig_group)
+
+
+def list_opts():
+    return {secmig_group: ALL_OPTS}
