@@ -1,0 +1,560 @@
+"""One tunnel connection after the handshake: the pump and its closing.
+
+A connection joins a local QEMU socket and a TLS 1.3 session to the peer
+host. It runs in one thread with both sockets non-blocking, so an SSL object
+is never used by two threads at once (OpenSSL does not allow that), and it
+moves both directions because QEMU uses a return path.
+
+Per direction the sender keeps a running SHA-256 of the plaintext and sends a
+CHECKPOINT every ``checkpoint_bytes``; the receiver answers with an ACK
+carrying its own digest at that offset, and any difference aborts. Closing
+(see doc/source/tunnel-protocol.rst):
+
+1. the source's QEMU reaches EOF: the source sends CHECKPOINT FINAL;
+2. the destination stops reading its QEMU and answers ACK FINAL with the
+   final totals of its own direction;
+3. the source sends END: its signed receipt over both directions' totals;
+4. the destination verifies it and sends RECEIPT, its own signed receipt.
+
+The explicit states and the dispatch table below refuse every frame that is
+not expected in the current state.
+"""
+
+import collections
+import enum
+import hashlib
+import select
+import socket
+import ssl
+import time
+
+from oslo_log import log as logging
+
+from secmig_nova.authz import tokens
+from secmig_nova.trust import errors as trust_errors
+from secmig_nova.tunnel import errors
+from secmig_nova.tunnel import frames
+
+LOG = logging.getLogger(__name__)
+
+# Checkpoints a sender may have unacknowledged before it stops reading its
+# QEMU socket: enough to keep the pipe full, small enough that a peer that
+# never acknowledges cannot make us stream on unverified.
+CHECKPOINT_WINDOW = 2
+# Upper bound of TLS records read in one go before looking at the other
+# direction again (fairness; a record carries at most 16 KiB).
+TLS_READS_PER_ROUND = 64
+POLL_INTERVAL = 0.25
+
+
+class State(enum.Enum):
+    STREAMING = 'streaming'
+    FIN_SENT = 'fin_sent'          # source: CHECKPOINT FINAL sent
+    END_SENT = 'end_sent'          # source: END sent, waiting for RECEIPT
+    FIN_RECEIVED = 'fin_received'  # destination: ACK FINAL sent
+    CLOSING = 'closing'            # last frame queued, flushing
+    DONE = 'done'
+
+
+class Direction:
+    """Counters and running digest of one stream direction."""
+
+    def __init__(self):
+        self._sha = hashlib.sha256()
+        self.bytes = 0
+
+    def update(self, data):
+        self._sha.update(data)
+        self.bytes += len(data)
+
+    def digest(self):
+        return self._sha.copy().digest()
+
+    def totals(self):
+        return {'bytes': self.bytes, 'sha256': self.digest().hex()}
+
+
+class Connection:
+    """The pump of one established, authorized tunnel connection.
+
+    :param side: ``source`` or ``destination``.
+    :param tls: the SSLSocket, handshake done, HELLO/HELLO_OK exchanged.
+    :param local: the connected QEMU UNIX socket.
+    :param info: dict with migration_id, kind, index, grant (a Grant),
+        tls_version, tls_cipher, src_fingerprint, dst_fingerprint.
+    :param credentials: this host's Credentials (signs the receipt).
+    :param peer_store: TrustStore of the peer host's cloud.
+    :param control: object with ``should_stop()`` -> (stop, grace_deadline)
+        shared by all connections of the process.
+    """
+
+    def __init__(self, side, tls, local, info, credentials, peer_store,
+                 control, checkpoint_bytes, chunk_size, idle_timeout,
+                 test_hooks=None, clock=time.time):
+        self.side = side
+        self.tls = tls
+        self.local = local
+        self.info = info
+        self.credentials = credentials
+        self.peer_store = peer_store
+        self.control = control
+        self.checkpoint_bytes = checkpoint_bytes
+        self.idle_timeout = idle_timeout
+        self.hooks = test_hooks or {}
+        self.clock = clock
+        self.started_at = clock()
+        self.ended_at = None
+        self.tx = Direction()   # local QEMU -> peer
+        self.rx = Direction()   # peer -> local QEMU
+        self.state = State.STREAMING
+        self.decoder = frames.FrameDecoder()
+        self.tls_out = collections.deque()
+        self.local_out = collections.deque()
+        self.pending_checkpoints = collections.deque()
+        self.next_checkpoint = checkpoint_bytes
+        self.local_eof = False
+        self.local_gone = False
+        self.source_receipt = None
+        self.destination_receipt = None
+        self._tx_buffer = bytearray(frames.HEADER_SIZE + chunk_size)
+        self._tx_view = memoryview(self._tx_buffer)
+        self._dispatch = {
+            frames.FrameType.DATA: self._on_data,
+            frames.FrameType.CHECKPOINT: self._on_checkpoint,
+            frames.FrameType.ACK: self._on_ack,
+            frames.FrameType.END: self._on_end,
+            frames.FrameType.RECEIPT: self._on_receipt,
+            frames.FrameType.ABORT: self._on_abort,
+        }
+        corrupt = self.hooks.get('corrupt_tx_at')
+        self._corrupt_at = corrupt if isinstance(corrupt, int) else None
+
+    @property
+    def source(self):
+        return self.side == 'source'
+
+    @property
+    def closing(self):
+        """True once the stream itself is complete (only closing frames)."""
+        return self.state not in (State.STREAMING,)
+
+    # -- the loop --------------------------------------------------------
+
+    def run(self):
+        """Pump until the closing exchange completes; raises TunnelError."""
+        self.tls.setblocking(False)
+        self.local.setblocking(False)
+        last_activity = time.monotonic()
+        while self.state is not State.DONE:
+            self._check_stop()
+            progressed = self._flush_tls()
+            progressed |= self._flush_local()
+            if not self.local_out:
+                progressed |= self._read_tls()
+            if self._may_read_local():
+                progressed |= self._read_local()
+            if self.state is State.CLOSING and not self.tls_out \
+                    and not self.local_out:
+                if not self.source:
+                    # Everything reached the destination QEMU: tell it
+                    # the stream is over.
+                    self._shutdown_local_write()
+                self.state = State.DONE
+                break
+            now = time.monotonic()
+            if progressed:
+                last_activity = now
+                continue
+            if now - last_activity > self.idle_timeout:
+                raise errors.TunnelError(
+                    'timeout', 'no byte moved for %.0f s' % self.idle_timeout)
+            self._wait()
+        self.ended_at = self.clock()
+
+    def _check_stop(self):
+        stop, grace_deadline = self.control.should_stop()
+        if not stop:
+            return
+        if (self.closing and grace_deadline is not None
+                and time.monotonic() < grace_deadline):
+            return
+        raise errors.TunnelError(
+            'terminated', 'tunnel process is stopping (%s)'
+            % self.control.stop_reason)
+
+    def _wait(self):
+        poller = select.poll()
+        tls_events = 0
+        if self.tls_out:
+            tls_events |= select.POLLOUT
+        if not self.local_out:
+            if self.tls.pending():
+                return
+            tls_events |= select.POLLIN
+        if tls_events:
+            poller.register(self.tls.fileno(), tls_events)
+        local_events = 0
+        if self.local_out and not self.local_gone:
+            local_events |= select.POLLOUT
+        if self._may_read_local():
+            local_events |= select.POLLIN
+        if local_events:
+            poller.register(self.local.fileno(), local_events)
+        poller.poll(POLL_INTERVAL * 1000)
+
+    # -- TLS side --------------------------------------------------------
+
+    def _queue(self, frame):
+        self.tls_out.append(frame)
+
+    def _flush_tls(self):
+        progressed = False
+        while self.tls_out:
+            frame = self.tls_out[0]
+            try:
+                sent = self.tls.send(frame)
+            except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                # OpenSSL needs the very same buffer again on retry.
+                return progressed
+            except ssl.SSLError as e:
+                raise self._tls_failure(e)
+            except OSError as e:
+                raise errors.TunnelError(
+                    'truncated', 'connection to the peer broke while '
+                    'sending: %s' % e, notify_peer=False)
+            progressed = True
+            if sent < len(frame):
+                self.tls_out[0] = frame[sent:]
+            else:
+                self.tls_out.popleft()
+        return progressed
+
+    def _read_tls(self):
+        progressed = False
+        for _ in range(TLS_READS_PER_ROUND):
+            if self.state is State.CLOSING or self.state is State.DONE:
+                break
+            view = self.decoder.writable()
+            try:
+                n = self.tls.recv_into(view)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                break
+            except ssl.SSLError as e:
+                raise self._tls_failure(e)
+            except OSError as e:
+                raise errors.TunnelError(
+                    'truncated', 'connection to the peer broke: %s' % e,
+                    notify_peer=False)
+            if n == 0:
+                raise errors.TunnelError(
+                    'truncated', 'peer closed the connection in state %s, '
+                    'before the closing exchange completed (%d bytes '
+                    'received)' % (self.state.value, self.rx.bytes),
+                    notify_peer=False)
+            self.decoder.commit(n)
+            progressed = True
+            try:
+                for ftype, payload in self.decoder.frames():
+                    self._dispatch_frame(ftype, payload)
+            except frames.FrameError as e:
+                raise errors.from_frame_error(e)
+            if self.local_out:
+                break
+        return progressed
+
+    def _tls_failure(self, exc):
+        name = getattr(exc, 'reason', None) or str(exc)
+        if 'BAD_RECORD_MAC' in name or 'DECRYPT' in name:
+            return errors.TunnelError(
+                'stream_tampered', 'a TLS record failed its integrity '
+                'check (%s): the stream was modified in transit' % name,
+                notify_peer=False)
+        return errors.TunnelError('truncated', 'TLS session failed: %s'
+                                  % name, notify_peer=False)
+
+    def _dispatch_frame(self, ftype, payload):
+        handler = self._dispatch.get(ftype)
+        if handler is None:
+            raise errors.TunnelError(
+                'unexpected_frame', '%s frame after the handshake'
+                % ftype.name)
+        handler(payload)
+
+    def _unexpected(self, what):
+        return errors.TunnelError(
+            'unexpected_frame', '%s not allowed for the %s in state %s'
+            % (what, self.side, self.state.value))
+
+    # -- local (QEMU) side ----------------------------------------------
+
+    def _may_read_local(self):
+        return (self.state is State.STREAMING and not self.local_eof
+                and not self.tls_out
+                and len(self.pending_checkpoints) < CHECKPOINT_WINDOW)
+
+    def _read_local(self):
+        view = self._tx_view
+        try:
+            n = self.local.recv_into(view[frames.HEADER_SIZE:])
+        except BlockingIOError:
+            return False
+        except OSError as e:
+            LOG.info('%s: local QEMU socket closed (%s)', self._label(), e)
+            n = 0
+        if n == 0:
+            self._on_local_eof()
+            return True
+        payload = view[frames.HEADER_SIZE:frames.HEADER_SIZE + n]
+        start = self.tx.bytes
+        self.tx.update(payload)
+        if self._corrupt_at is not None and start <= self._corrupt_at \
+                < self.tx.bytes:
+            # Test hook: corrupt plaintext after it was hashed, i.e. a
+            # fault between the digest and the wire that TLS cannot see.
+            payload[self._corrupt_at - start] ^= 0xFF
+            self._corrupt_at = None
+        frames.pack_header_into(self._tx_buffer, 0, frames.FrameType.DATA, n)
+        self._queue(view[:frames.HEADER_SIZE + n])
+        if self.tx.bytes >= self.next_checkpoint:
+            self._send_checkpoint(final=False)
+            while self.next_checkpoint <= self.tx.bytes:
+                self.next_checkpoint += self.checkpoint_bytes
+        return True
+
+    def _send_checkpoint(self, final):
+        digest = self.tx.digest()
+        self.pending_checkpoints.append((self.tx.bytes, digest, final))
+        self._queue(frames.push_checkpoint(frames.Checkpoint(
+            offset=self.tx.bytes, digest=digest, final=final)))
+
+    def _on_local_eof(self):
+        self.local_eof = True
+        if self.source:
+            LOG.debug('%s: QEMU stream ended after %d bytes, sending the '
+                      'final checkpoint', self._label(), self.tx.bytes)
+            self._send_checkpoint(final=True)
+            self.state = State.FIN_SENT
+
+    def _deliver(self, payload):
+        if self.local_gone:
+            return
+        if not self.local_out:
+            try:
+                sent = self.local.send(payload)
+            except BlockingIOError:
+                sent = 0
+            except OSError as e:
+                self._local_write_failed(e)
+                return
+            if sent == len(payload):
+                return
+            payload = payload[sent:]
+        self.local_out.append(bytes(payload))
+
+    def _flush_local(self):
+        progressed = False
+        while self.local_out and not self.local_gone:
+            data = self.local_out[0]
+            try:
+                sent = self.local.send(data)
+            except BlockingIOError:
+                return progressed
+            except OSError as e:
+                self._local_write_failed(e)
+                return True
+            progressed = True
+            if sent < len(data):
+                self.local_out[0] = data[sent:]
+            else:
+                self.local_out.popleft()
+        if self.local_gone:
+            self.local_out.clear()
+        return progressed
+
+    def _local_write_failed(self, exc):
+        if self.source and self.local_eof:
+            # The source QEMU already ended its stream and closed; what the
+            # destination still sends on the return path has no reader.
+            self.local_gone = True
+            self.local_out.clear()
+            return
+        raise errors.TunnelError(
+            'local_endpoint_unavailable', 'local QEMU closed its migration '
+            'socket while data was pending: %s' % exc)
+
+    # -- frame handlers --------------------------------------------------
+
+    def _on_data(self, payload):
+        allowed = (State.STREAMING, State.FIN_SENT) if self.source \
+            else (State.STREAMING,)
+        if self.state not in allowed:
+            raise self._unexpected('DATA')
+        self.rx.update(payload)
+        self._deliver(payload)
+
+    def _on_checkpoint(self, payload):
+        cp = frames.pull_checkpoint(payload)
+        allowed = (State.STREAMING, State.FIN_SENT) if self.source \
+            else (State.STREAMING,)
+        if self.state not in allowed or (cp.final and self.source):
+            raise self._unexpected('CHECKPOINT')
+        digest = self.rx.digest()
+        if cp.offset != self.rx.bytes or cp.digest != digest:
+            raise errors.TunnelError(
+                'checkpoint_mismatch', 'checkpoint at offset %d with '
+                'SHA-256 %s, but %d bytes with SHA-256 %s arrived'
+                % (cp.offset, cp.digest.hex(), self.rx.bytes, digest.hex()))
+        if not cp.final:
+            self._queue(frames.push_ack(frames.Ack(offset=cp.offset,
+                                                   digest=digest)))
+            return
+        # Destination: the source's stream is complete. Our own direction
+        # ends here too, so both sides agree on the final totals.
+        self.local_eof = True
+        self.state = State.FIN_RECEIVED
+        tx_digest = self.tx.digest()
+        self._queue(frames.push_ack(frames.Ack(
+            offset=cp.offset, digest=digest, final=True,
+            rev_bytes=self.tx.bytes, rev_digest=tx_digest)))
+        LOG.debug('%s: final checkpoint verified at %d bytes',
+                  self._label(), cp.offset)
+
+    def _on_ack(self, payload):
+        ack = frames.pull_ack(payload)
+        if not self.pending_checkpoints:
+            raise self._unexpected('ACK without a checkpoint')
+        offset, digest, final = self.pending_checkpoints.popleft()
+        if ack.final != final:
+            raise self._unexpected('ACK of the wrong kind')
+        if ack.offset != offset or ack.digest != digest:
+            raise errors.TunnelError(
+                'checkpoint_mismatch', 'peer acknowledged offset %d with '
+                'SHA-256 %s, we sent %d bytes with SHA-256 %s'
+                % (ack.offset, ack.digest.hex(), offset, digest.hex()))
+        if not final:
+            return
+        if ack.rev_bytes != self.rx.bytes or ack.rev_digest != \
+                self.rx.digest():
+            raise errors.TunnelError(
+                'totals_mismatch', 'peer says it sent %d bytes (SHA-256 '
+                '%s), %d arrived (SHA-256 %s)'
+                % (ack.rev_bytes, ack.rev_digest.hex(), self.rx.bytes,
+                   self.rx.digest().hex()))
+        self.source_receipt = tokens.sign_receipt(
+            self.credentials, self._receipt_claims('source'))
+        self._queue(frames.push_end(self.source_receipt))
+        self.state = State.END_SENT
+
+    def _on_end(self, payload):
+        if self.source or self.state is not State.FIN_RECEIVED:
+            raise self._unexpected('END')
+        token = frames.pull_end(payload)
+        self._check_receipt(token, 'source', self.info['src_fingerprint'])
+        self.source_receipt = token
+        claims = self._receipt_claims('destination')
+        claims['source_receipt_sha256'] = tokens.token_digest(token)
+        self.destination_receipt = tokens.sign_receipt(self.credentials,
+                                                       claims)
+        self._queue(frames.push_receipt(self.destination_receipt))
+        self.state = State.CLOSING
+
+    def _on_receipt(self, payload):
+        if not self.source or self.state is not State.END_SENT:
+            raise self._unexpected('RECEIPT')
+        token = frames.pull_receipt(payload)
+        claims = self._check_receipt(token, 'destination',
+                                     self.info['dst_fingerprint'])
+        if claims.get('source_receipt_sha256') != tokens.token_digest(
+                self.source_receipt):
+            raise errors.TunnelError(
+                'receipt_invalid', 'destination receipt does not reference '
+                'our END receipt')
+        self.destination_receipt = token
+        self.state = State.CLOSING
+
+    def _on_abort(self, payload):
+        abort = frames.pull_abort(payload)
+        code = abort.code
+        reason = code.reason if isinstance(code, frames.AbortCode) \
+            else 'code_%d' % code
+        raise errors.TunnelError(
+            reason, 'peer aborted the connection: %s (%s)'
+            % (reason, abort.reason), notify_peer=False)
+
+    # -- receipts --------------------------------------------------------
+
+    def _receipt_claims(self, role):
+        src, dst = (self.tx, self.rx) if self.source else (self.rx, self.tx)
+        grant = self.info['grant']
+        return {
+            'role': role,
+            'migration_id': self.info['migration_id'],
+            'instance_uuid': grant.instance_uuid,
+            'grant_jti': grant.jti,
+            'stream_kind': self.info['kind'],
+            'connection_index': self.info['index'],
+            'src_to_dst': src.totals(),
+            'dst_to_src': dst.totals(),
+            'started_at': round(self.started_at, 3),
+            'ended_at': round(self.clock(), 3),
+            'src_fingerprint': self.info['src_fingerprint'],
+            'dst_fingerprint': self.info['dst_fingerprint'],
+            'src_cloud': grant.src_cloud,
+            'dst_cloud': grant.dst_cloud,
+            'tls_version': self.info['tls_version'],
+            'tls_cipher': self.info['tls_cipher'],
+        }
+
+    def _check_receipt(self, token, role, fingerprint):
+        try:
+            claims, _peer = tokens.verify_receipt(
+                token, self.peer_store, expected_fingerprint=fingerprint,
+                now=self.clock())
+        except (tokens.TokenError, trust_errors.TrustError) as e:
+            raise errors.TunnelError('receipt_invalid',
+                                     '%s receipt refused: %s' % (role, e))
+        expected = self._receipt_claims(role)
+        for name in ('role', 'migration_id', 'grant_jti', 'stream_kind',
+                     'connection_index', 'src_to_dst', 'dst_to_src',
+                     'src_fingerprint', 'dst_fingerprint'):
+            if claims.get(name) != expected[name]:
+                raise errors.TunnelError(
+                    'totals_mismatch' if name in ('src_to_dst', 'dst_to_src')
+                    else 'receipt_invalid',
+                    '%s receipt claims %s=%r, expected %r'
+                    % (role, name, claims.get(name), expected[name]))
+        return claims
+
+    def _shutdown_local_write(self):
+        try:
+            self.local.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    # -- results ---------------------------------------------------------
+
+    def _label(self):
+        return '%s %s/%s#%d' % (self.info['migration_id'], self.side,
+                                self.info['kind'], self.info['index'])
+
+    def result(self, status='completed', error=None):
+        src, dst = (self.tx, self.rx) if self.source else (self.rx, self.tx)
+        res = {
+            'kind': self.info['kind'],
+            'index': self.info['index'],
+            'status': status,
+            'src_to_dst': src.totals(),
+            'dst_to_src': dst.totals(),
+            'tls_version': self.info['tls_version'],
+            'tls_cipher': self.info['tls_cipher'],
+            'src_fingerprint': self.info['src_fingerprint'],
+            'dst_fingerprint': self.info['dst_fingerprint'],
+            'started_at': self.started_at,
+            'ended_at': self.ended_at or self.clock(),
+            'source_receipt': self.source_receipt,
+            'destination_receipt': self.destination_receipt,
+        }
+        if error is not None:
+            res['reason'] = error.reason
+            res['message'] = str(error.args[0])
+        return res

@@ -1,0 +1,663 @@
+"""The two sides of a migration tunnel: accept, authenticate, authorize.
+
+:class:`SourceEndpoint` listens on UNIX sockets that the source QEMU connects
+to (one per stream kind); every accepted QEMU connection becomes its own TLS
+1.3 connection to the destination named in the grant (multifd: connection
+index in HELLO). :class:`DestinationEndpoint` listens on a TCP port from the
+configured range, verifies the peer certificate, HELLO and the grant, and only
+then connects to the local QEMU socket.
+
+Both fail closed: the first refused or failed connection aborts every other
+connection of the migration, so QEMU's migration fails and the guest keeps
+running on the source host.
+"""
+
+import os
+import select
+import socket
+import stat
+import threading
+import time
+
+from oslo_log import log as logging
+
+from secmig_nova.authz import tokens
+from secmig_nova.trust import certs
+from secmig_nova.trust import errors as trust_errors
+from secmig_nova.trust import store as trust_store
+from secmig_nova.tunnel import connection
+from secmig_nova.tunnel import errors
+from secmig_nova.tunnel import frames
+from secmig_nova.tunnel import tls
+
+LOG = logging.getLogger(__name__)
+
+ACCEPT_POLL = 0.2
+
+
+class Control:
+    """Stop state shared by the endpoint and all its connections."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._stop = False
+        self.stop_reason = None
+        self.grace_deadline = None
+
+    def stop(self, reason, grace=None):
+        with self._lock:
+            if self._stop:
+                return
+            self._stop = True
+            self.stop_reason = reason
+            if grace:
+                self.grace_deadline = time.monotonic() + grace
+
+    def should_stop(self):
+        return self._stop, self.grace_deadline
+
+    @property
+    def stopped(self):
+        return self._stop
+
+
+class Endpoint:
+    """What both sides share: identity, trust, TLS context, bookkeeping."""
+
+    side = None
+
+    def __init__(self, params, clock=time.time):
+        self.params = params
+        self.clock = clock
+        self.control = Control()
+        self._lock = threading.Lock()
+        self.results = []
+        self.failure = None
+        self.active = 0
+        self.completed = {}
+        self._threads = []
+        try:
+            self.credentials = certs.Credentials.load(params.cert_file,
+                                                      params.key_file)
+            identity = self.credentials.identity
+            if identity.cloud_id != params.cloud_id or \
+                    identity.role != 'host':
+                raise trust_errors.TrustError(
+                    trust_errors.IDENTITY_INVALID,
+                    'own certificate is %s, expected a host of cloud %s'
+                    % (identity.urn, params.cloud_id))
+            self.own_store = trust_store.TrustStore.load(
+                params.trust.cloud_id, params.trust.ca_file,
+                params.trust.crl_file)
+            self.peer_store = trust_store.TrustStore.load(
+                params.peer.cloud_id, params.peer.ca_file,
+                params.peer.crl_file)
+            # Our own certificate must be acceptable to our own cloud: a
+            # misconfigured host finds out here, not at the peer.
+            self.own_store.verify(self.credentials.chain, 'client',
+                                  role='host')
+        except (trust_errors.TrustError, OSError) as e:
+            raise errors.TunnelError(errors.CONFIG_INVALID,
+                                     'identity or trust store unusable: %s'
+                                     % e, notify_peer=False)
+        self.fingerprint = self.credentials.fingerprint
+        self.context = tls.make_context(
+            self.side == 'destination',
+            (params.cert_file, params.key_file), self.peer_store,
+            params.ecdh_curve)
+
+    # -- bookkeeping -----------------------------------------------------
+
+    def terminate(self, reason='terminated'):
+        """Stop accepting; abort streaming connections; let closing ones
+        finish within ``termination_grace``."""
+        LOG.info('%s tunnel of migration %s stopping: %s', self.side,
+                 self.params.migration_id, reason)
+        self.control.stop(reason, grace=self.params.termination_grace)
+
+    def _fail(self, error):
+        with self._lock:
+            if self.failure is None:
+                self.failure = error
+        self.control.stop(error.reason)
+
+    def _spawn(self, target, *args):
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        with self._lock:
+            self.active += 1
+            self._threads.append(thread)
+        thread.start()
+
+    def _finished(self, result, error=None):
+        with self._lock:
+            self.active -= 1
+            self.results.append(result)
+            if error is None:
+                kind = result['kind']
+                self.completed[kind] = self.completed.get(kind, 0) + 1
+        if error is not None:
+            self._fail(error)
+
+    def _expected_done(self):
+        expect = self.params.expect_connections
+        if not expect:
+            return False
+        with self._lock:
+            return self.active == 0 and all(
+                self.completed.get(k, 0) >= n for k, n in expect.items())
+
+    def _serve_connection(self, label, setup):
+        """Run ``setup`` (handshake, HELLO) then the pump; record result.
+
+        ``setup(socks)`` stores every socket it opens in ``socks`` (keys
+        ``tls`` and ``local``) so that, whatever fails, the peer gets an
+        ABORT and every socket is closed here.
+        """
+        conn = None
+        socks = {}
+        try:
+            info = setup(socks)
+            conn = connection.Connection(
+                self.side, socks['tls'], socks['local'], info,
+                self.credentials, self.peer_store, self.control,
+                checkpoint_bytes=self.params.checkpoint_bytes,
+                chunk_size=self.params.chunk_size,
+                idle_timeout=self.params.idle_timeout,
+                test_hooks=self.params.test_hooks, clock=self.clock)
+            conn.run()
+            result = conn.result()
+            LOG.info('%s: completed, %d bytes to the destination, %d bytes '
+                     'back, receipts exchanged', label,
+                     result['src_to_dst']['bytes'],
+                     result['dst_to_src']['bytes'])
+            self._finished(result)
+        except errors.TunnelError as e:
+            self._log_error(label, e)
+            if e.notify_peer and socks.get('tls') is not None:
+                self._send_abort(socks['tls'], e)
+            if conn is not None:
+                result = conn.result('failed', e)
+            else:
+                result = {'kind': label, 'index': None, 'status': 'refused',
+                          'reason': e.reason, 'message': str(e.args[0])}
+            if e.refusal:
+                result['status'] = 'refused'
+            self._finished(result, e)
+        except Exception as e:  # noqa: broad on purpose: fail closed
+            LOG.exception('%s: internal error', label)
+            err = errors.TunnelError('internal_error', repr(e))
+            if socks.get('tls') is not None:
+                self._send_abort(socks['tls'], err)
+            self._finished({'kind': label, 'index': None,
+                            'status': 'failed', 'reason': err.reason,
+                            'message': repr(e)}, err)
+        finally:
+            for sock in socks.values():
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+
+    def _log_error(self, label, error):
+        if error.refusal:
+            LOG.warning('%s: REFUSED (%s): %s', label, error.reason,
+                        error.args[0])
+        elif error.reason == 'terminated':
+            LOG.info('%s: aborted: %s', label, error.args[0])
+        else:
+            LOG.error('%s: FAILED (%s): %s', label, error.reason,
+                      error.args[0])
+
+    @staticmethod
+    def _send_abort(sock, error):
+        try:
+            sock.settimeout(1.0)
+            sock.sendall(frames.push_abort(frames.Abort(
+                code=error.abort_code,
+                reason=str(error.args[0])[:400])))
+        except (OSError, ValueError):
+            pass
+
+    def _read_frame(self, sock, decoder, deadline):
+        """Blocking read of one frame during the opening exchange."""
+        while True:
+            for ftype, payload in decoder.frames():
+                return ftype, bytes(payload)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise errors.TunnelError('timeout', 'peer sent no frame in '
+                                         'time during the opening exchange')
+            sock.settimeout(remaining)
+            try:
+                n = sock.recv_into(decoder.writable())
+            except TimeoutError:
+                raise errors.TunnelError('timeout', 'peer sent no frame in '
+                                         'time during the opening exchange')
+            except OSError as e:
+                raise tls.map_ssl_error(e, 'peer')
+            if n == 0:
+                raise errors.TunnelError(
+                    'truncated', 'peer closed the connection during the '
+                    'opening exchange', notify_peer=False)
+            decoder.commit(n)
+
+    def outcome(self):
+        with self._lock:
+            results = list(self.results)
+            failure = self.failure
+        if failure is not None:
+            status = 'refused' if failure.refusal else (
+                'aborted' if failure.reason == 'terminated' else 'failed')
+        elif self.control.stop_reason in ('terminated', 'deadline') and \
+                (not results or any(r['status'] != 'completed'
+                                    for r in results)):
+            status = 'aborted'
+        elif results:
+            status = 'completed'
+        else:
+            status = 'aborted'
+        out = {'event': 'outcome', 'side': self.side,
+               'migration_id': self.params.migration_id, 'status': status,
+               'fingerprint': self.fingerprint,
+               'connections': sorted(
+                   results, key=lambda r: (str(r['kind']),
+                                           r.get('index') or 0))}
+        if failure is not None:
+            out['reason'] = failure.reason
+            out['message'] = str(failure.args[0])
+        elif status == 'aborted':
+            out['reason'] = self.control.stop_reason or 'terminated'
+            out['message'] = 'stopped before any connection completed' \
+                if not results else 'stopped'
+        return out
+
+    def _wait_threads(self, timeout):
+        deadline = time.monotonic() + timeout
+        for thread in list(self._threads):
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _accept_loop(self, listeners, on_accept):
+        """Poll listeners until done, failed, terminated or deadline."""
+        deadline = time.monotonic() + self.params.deadline
+        poller = select.poll()
+        by_fd = {}
+        for item in listeners:
+            sock = item[0]
+            poller.register(sock.fileno(), select.POLLIN)
+            by_fd[sock.fileno()] = item
+        while not self.control.stopped:
+            if self._expected_done():
+                break
+            if time.monotonic() > deadline:
+                self._fail(errors.TunnelError(
+                    'timeout', 'migration did not complete within %.0f s'
+                    % self.params.deadline))
+                break
+            for fd, _ev in poller.poll(ACCEPT_POLL * 1000):
+                item = by_fd[fd]
+                try:
+                    conn, addr = item[0].accept()
+                except BlockingIOError:
+                    continue
+                on_accept(item, conn, addr)
+        # Closing connections may finish within the grace period.
+        grace = self.params.termination_grace + self.params.handshake_timeout
+        self._wait_threads(grace + 2.0)
+
+
+class SourceEndpoint(Endpoint):
+    """UNIX listeners for the source QEMU; TLS client to the destination."""
+
+    side = 'source'
+
+    def __init__(self, params, clock=time.time):
+        super().__init__(params, clock)
+        self.grant = self._check_grant()
+        self._listeners = []
+        self._counts = {}
+
+    def _check_grant(self):
+        p = self.params
+        try:
+            grant = tokens.verify_grant(p.grant, self.peer_store,
+                                        now=self.clock(),
+                                        leeway=p.max_clock_skew)
+        except tokens.TokenError as e:
+            raise errors.from_token_error(e)
+        except trust_errors.TrustError as e:
+            raise errors.TunnelError('grant_invalid', 'grant signer refused: '
+                                     '%s' % e)
+        if grant.migration_id != p.migration_id:
+            raise errors.TunnelError(
+                'grant_wrong_migration', 'grant is for migration %s, this '
+                'tunnel is %s' % (grant.migration_id, p.migration_id))
+        if grant.src_fingerprint != self.fingerprint or \
+                grant.src_cloud != p.cloud_id:
+            raise errors.TunnelError(
+                'grant_wrong_source', 'grant names source %s/%s, this host '
+                'is %s/%s' % (grant.src_cloud, grant.src_fingerprint[:16],
+                              p.cloud_id, self.fingerprint[:16]))
+        missing = set(p.sockets) - set(grant.streams)
+        if missing:
+            raise errors.TunnelError(
+                'stream_not_allowed', 'grant does not allow stream kinds %s'
+                % ', '.join(sorted(missing)))
+        return grant
+
+    def listen(self):
+        """Create the UNIX sockets; returns {kind: path}."""
+        for kind, path in sorted(self.params.sockets.items()):
+            self._remove_stale(path)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            old = os.umask(0o177)
+            try:
+                sock.bind(path)
+            except OSError as e:
+                sock.close()
+                self.close()
+                raise errors.TunnelError(errors.CONFIG_INVALID,
+                                         'cannot listen on %s: %s'
+                                         % (path, e), notify_peer=False)
+            finally:
+                os.umask(old)
+            os.chmod(path, self.params.socket_mode)
+            sock.listen(16)
+            sock.setblocking(False)
+            self._listeners.append((sock, kind, path))
+        return {kind: path for _s, kind, path in self._listeners}
+
+    @staticmethod
+    def _remove_stale(path):
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(mode):
+            raise errors.TunnelError(errors.CONFIG_INVALID,
+                                     '%s exists and is not a socket' % path,
+                                     notify_peer=False)
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)
+            return
+        finally:
+            probe.close()
+        raise errors.TunnelError(errors.CONFIG_INVALID,
+                                 '%s is in use by another process' % path,
+                                 notify_peer=False)
+
+    def run(self):
+        try:
+            self._accept_loop(self._listeners, self._on_accept)
+        finally:
+            self.close()
+        return self.outcome()
+
+    def close(self):
+        for sock, _kind, path in self._listeners:
+            sock.close()
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        self._listeners = []
+
+    def _on_accept(self, item, qemu, _addr):
+        kind = item[1]
+        index = self._counts.get(kind, 0)
+        self._counts[kind] = index + 1
+        label = '%s source/%s#%d' % (self.params.migration_id, kind, index)
+        if index >= self.grant.streams[kind]:
+            qemu.close()
+            self._finished({'kind': kind, 'index': index,
+                            'status': 'refused',
+                            'reason': 'stream_not_allowed'},
+                           errors.TunnelError(
+                               'stream_not_allowed', 'QEMU opened %s '
+                               'connection #%d, the grant allows %d'
+                               % (kind, index, self.grant.streams[kind])))
+            return
+        LOG.info('%s: QEMU connected, opening TLS to %s', label,
+                 self.grant.dst_endpoint)
+        self._spawn(self._serve_connection, label,
+                    lambda socks: self._setup(socks, qemu, kind, index))
+
+    def _setup(self, socks, qemu, kind, index):
+        p = self.params
+        socks['local'] = qemu
+        grant = self.grant
+        deadline = time.monotonic() + p.handshake_timeout
+        peer = grant.dst_endpoint
+        try:
+            raw = socket.create_connection(grant.endpoint,
+                                           timeout=p.handshake_timeout)
+        except OSError as e:
+            raise errors.TunnelError(errors.PEER_UNREACHABLE,
+                                     'cannot connect to %s: %s' % (peer, e),
+                                     notify_peer=False)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        socks['raw'] = raw
+        sock = self.context.wrap_socket(raw, do_handshake_on_connect=False)
+        # 'ssl' is for closing; 'tls' (set once the handshake is done) is
+        # where an ABORT can be sent.
+        socks['ssl'] = sock
+        try:
+            sock.do_handshake()
+        except OSError as e:
+            raise tls.map_ssl_error(e, peer)
+        socks['tls'] = sock
+        version, suite = tls.check_negotiated(sock, p.tls_cipher)
+        tls.verify_peer(sock, self.peer_store, 'server',
+                        expected_fingerprint=grant.dst_fingerprint,
+                        dns_name=grant.dst_host)
+        sock.sendall(frames.push_hello(frames.Hello(
+            version=frames.PROTOCOL_VERSION,
+            kind=frames.StreamKind.from_label(kind),
+            conn_index=index, migration_id=p.migration_id,
+            grant=p.grant)))
+        decoder = frames.FrameDecoder()
+        try:
+            ftype, payload = self._read_frame(sock, decoder, deadline)
+            if ftype == frames.FrameType.ABORT:
+                abort = frames.pull_abort(payload)
+                reason = getattr(abort.code, 'reason',
+                                 'code_%s' % abort.code)
+                raise errors.TunnelError(
+                    reason, 'destination refused the connection: %s'
+                    % abort.reason, notify_peer=False)
+            if ftype != frames.FrameType.HELLO_OK:
+                raise errors.TunnelError(
+                    'unexpected_frame', '%s instead of HELLO_OK'
+                    % ftype.name)
+            ok = frames.pull_hello_ok(payload)
+        except frames.FrameError as e:
+            raise errors.from_frame_error(e)
+        if ok.conn_index != index or ok.version != frames.PROTOCOL_VERSION:
+            raise errors.TunnelError('protocol_error',
+                                     'HELLO_OK does not match HELLO')
+        if decoder.pending():
+            raise errors.TunnelError('unexpected_frame',
+                                     'data after HELLO_OK before the '
+                                     'stream started')
+        info = {'migration_id': p.migration_id, 'kind': kind,
+                'index': index, 'grant': grant, 'tls_version': version,
+                'tls_cipher': suite, 'src_fingerprint': self.fingerprint,
+                'dst_fingerprint': grant.dst_fingerprint}
+        return info
+
+
+class DestinationEndpoint(Endpoint):
+    """TLS listener for the source host; client of the local QEMU."""
+
+    side = 'destination'
+
+    def __init__(self, params, clock=time.time):
+        super().__init__(params, clock)
+        self._sock = None
+        self.endpoint = None
+        self._used = set()
+
+    def listen(self):
+        """Bind the first free port of the range; returns ``host:port``."""
+        p = self.params
+        family = socket.AF_INET6 if ':' in p.listen_host else socket.AF_INET
+        last = None
+        for port in range(p.port_min, p.port_max + 1):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.bind((p.listen_host, port))
+            except OSError as e:
+                last = e
+                sock.close()
+                continue
+            sock.listen(16)
+            sock.setblocking(False)
+            self._sock = sock
+            host = '[%s]' % p.listen_host if family == socket.AF_INET6 \
+                else p.listen_host
+            self.endpoint = '%s:%d' % (host, port)
+            return self.endpoint
+        raise errors.TunnelError(errors.CONFIG_INVALID,
+                                 'no free port in %d..%d on %s: %s'
+                                 % (p.port_min, p.port_max, p.listen_host,
+                                    last), notify_peer=False)
+
+    def run(self):
+        try:
+            self._accept_loop([(self._sock,)], self._on_accept)
+        finally:
+            self.close()
+        return self.outcome()
+
+    def close(self):
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def _on_accept(self, _item, raw, addr):
+        label = '%s destination/%s:%s' % (self.params.migration_id,
+                                          addr[0], addr[1])
+        LOG.info('%s: connection from %s:%s', label, addr[0], addr[1])
+        self._spawn(self._serve_connection, label,
+                    lambda socks: self._setup(socks, raw, label))
+
+    def _setup(self, socks, raw, label):
+        p = self.params
+        socks['raw'] = raw
+        deadline = time.monotonic() + p.handshake_timeout
+        raw.setblocking(True)
+        raw.settimeout(p.handshake_timeout)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = self.context.wrap_socket(raw, server_side=True,
+                                        do_handshake_on_connect=False)
+        socks['ssl'] = sock
+        try:
+            sock.do_handshake()
+        except OSError as e:
+            raise tls.map_ssl_error(e, label)
+        socks['tls'] = sock
+        version, suite = tls.check_negotiated(sock, p.tls_cipher)
+        peer = tls.verify_peer(sock, self.peer_store, 'client')
+        decoder = frames.FrameDecoder()
+        try:
+            ftype, payload = self._read_frame(sock, decoder, deadline)
+            if ftype != frames.FrameType.HELLO:
+                raise errors.TunnelError(
+                    'unexpected_frame', '%s before HELLO' % ftype.name)
+            hello = frames.pull_hello(payload)
+        except frames.FrameError as e:
+            raise errors.from_frame_error(e)
+        grant = self._authorize(hello, peer)
+        kind = hello.kind.label
+        socks['local'] = self._connect_local(kind)
+        sock.sendall(frames.push_hello_ok(frames.HelloOk(
+            version=frames.PROTOCOL_VERSION, conn_index=hello.conn_index)))
+        if decoder.pending():
+            raise errors.TunnelError('unexpected_frame',
+                                     'data before HELLO_OK')
+        LOG.info('%s: authorized %s connection #%d of migration %s from %s',
+                 label, kind, hello.conn_index, p.migration_id,
+                 peer.identity.urn)
+        info = {'migration_id': p.migration_id, 'kind': kind,
+                'index': hello.conn_index, 'grant': grant,
+                'tls_version': version, 'tls_cipher': suite,
+                'src_fingerprint': peer.fingerprint,
+                'dst_fingerprint': self.fingerprint}
+        return info
+
+    def _authorize(self, hello, peer):
+        """HELLO and grant checks; the connection index is single-use."""
+        p = self.params
+        if hello.version != frames.PROTOCOL_VERSION:
+            raise errors.TunnelError('version_unsupported',
+                                     'protocol version %d, expected %d'
+                                     % (hello.version,
+                                        frames.PROTOCOL_VERSION))
+        if hello.migration_id != p.migration_id:
+            raise errors.TunnelError(
+                'grant_wrong_migration', 'HELLO for migration %s, this '
+                'tunnel serves %s' % (hello.migration_id, p.migration_id))
+        try:
+            grant = tokens.verify_grant(hello.grant, self.own_store,
+                                        now=self.clock(),
+                                        leeway=p.max_clock_skew)
+        except tokens.TokenError as e:
+            raise errors.from_token_error(e)
+        except trust_errors.TrustError as e:
+            raise errors.TunnelError('grant_invalid', 'grant signer '
+                                     'refused: %s' % e)
+        if grant.migration_id != p.migration_id:
+            raise errors.TunnelError(
+                'grant_wrong_migration', 'grant is for migration %s, this '
+                'tunnel serves %s' % (grant.migration_id, p.migration_id))
+        if grant.dst_fingerprint != self.fingerprint or \
+                grant.dst_endpoint != self.endpoint:
+            raise errors.TunnelError(
+                'grant_wrong_destination', 'grant is for %s at %s, this is '
+                '%s at %s' % (grant.dst_fingerprint[:16], grant.dst_endpoint,
+                              self.fingerprint[:16], self.endpoint))
+        if grant.src_cloud != peer.identity.cloud_id:
+            raise errors.TunnelError(
+                'grant_wrong_source', 'grant is for a source in cloud %s, '
+                'peer is %s' % (grant.src_cloud, peer.identity.urn))
+        if grant.src_fingerprint != peer.fingerprint:
+            raise errors.TunnelError(
+                'fingerprint_mismatch', 'peer certificate %s has '
+                'fingerprint %s, the grant pinned %s'
+                % (peer.identity.urn, peer.fingerprint,
+                   grant.src_fingerprint))
+        kind = hello.kind.label
+        allowed = grant.streams.get(kind, 0)
+        if kind not in p.sockets or hello.conn_index >= allowed:
+            raise errors.TunnelError(
+                'stream_not_allowed', '%s connection #%d not allowed (grant '
+                'allows %d)' % (kind, hello.conn_index, allowed))
+        key = (grant.jti, kind, hello.conn_index)
+        with self._lock:
+            if key in self._used:
+                raise errors.TunnelError(
+                    'connection_replayed', '%s connection #%d of grant %s '
+                    'was already used' % (kind, hello.conn_index, grant.jti))
+            self._used.add(key)
+        return grant
+
+    def _connect_local(self, kind):
+        path = self.params.sockets[kind]
+        deadline = time.monotonic() + self.params.local_endpoint_timeout
+        delay = 0.02
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(path)
+                return sock
+            except OSError as e:
+                sock.close()
+                if time.monotonic() >= deadline:
+                    raise errors.TunnelError(
+                        'local_endpoint_unavailable', 'QEMU migration socket '
+                        '%s did not accept within %.1f s: %s'
+                        % (path, self.params.local_endpoint_timeout, e))
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)

@@ -1,0 +1,79 @@
+"""The tunnel's one error type: a refusal or failure with a named reason.
+
+Every check in the tunnel folds into :class:`TunnelError`; ``reason`` is the
+stable snake_case name that appears in the outcome JSON, in the log line and
+in the ABORT frame sent to the peer, so an operator can grep one word across
+both hosts.
+"""
+
+from secmig_nova.tunnel import frames
+
+# Reasons that are not abort codes of the wire protocol.
+TLS_HANDSHAKE_FAILED = 'tls_handshake_failed'
+TLS_VERSION = 'tls_version'
+TLS_PARAMETERS = 'tls_parameters'
+PEER_REFUSED_CERTIFICATE = 'peer_refused_certificate'
+PEER_UNREACHABLE = 'peer_unreachable'
+PEER_ABORTED = 'peer_aborted'
+CONFIG_INVALID = 'config_invalid'
+
+# Refusals happen before any migration byte moved: the peer was not
+# authenticated or not authorized. Everything else is a failure mid-stream.
+REFUSAL_REASONS = frozenset({
+    TLS_HANDSHAKE_FAILED, TLS_VERSION, TLS_PARAMETERS,
+    PEER_REFUSED_CERTIFICATE, 'certificate_untrusted',
+    'certificate_expired', 'certificate_not_yet_valid',
+    'certificate_revoked', 'crl_invalid', 'identity_invalid',
+    'wrong_cloud', 'wrong_role', 'fingerprint_mismatch',
+    'grant_invalid', 'grant_expired', 'grant_wrong_migration',
+    'grant_wrong_destination', 'grant_wrong_source', 'stream_not_allowed',
+    'connection_replayed', 'version_unsupported',
+})
+
+
+class TunnelError(Exception):
+    """A tunnel connection was refused or failed.
+
+    :param reason: snake_case reason name (an :class:`AbortCode` name or one
+        of the constants above).
+    :param message: what happened, for the log and the outcome.
+    :param notify_peer: whether an ABORT frame should tell the peer.
+    """
+
+    def __init__(self, reason, message, notify_peer=True):
+        super().__init__(message)
+        self.reason = reason
+        self.notify_peer = notify_peer
+
+    def __str__(self):
+        return '%s: %s' % (self.reason, self.args[0])
+
+    @property
+    def refusal(self):
+        return self.reason in REFUSAL_REASONS
+
+    @property
+    def abort_code(self):
+        try:
+            return frames.AbortCode[self.reason.upper()]
+        except KeyError:
+            pass
+        if self.refusal:
+            return frames.AbortCode.CERTIFICATE_UNTRUSTED
+        return frames.AbortCode.INTERNAL_ERROR
+
+
+def from_frame_error(exc):
+    return TunnelError(frames.AbortCode(exc.code).reason, str(exc))
+
+
+def from_trust_error(exc):
+    return TunnelError(exc.reason, str(exc))
+
+
+def from_token_error(exc, default='grant_invalid'):
+    from secmig_nova.authz import tokens
+    reason = {tokens.EXPIRED: 'grant_expired',
+              tokens.NOT_YET_VALID: 'grant_expired'}.get(exc.reason, default)
+    return TunnelError(reason, 'grant refused (%s): %s'
+                       % (exc.reason, exc.args[0]))

@@ -1,0 +1,141 @@
+"""Start and supervise a ``secmig-tunnel`` process.
+
+The compute driver, ``secmig-migrate``, the tests and the benchmarks all run
+tunnels through this class, so the process contract (parameters on stdin,
+one ``ready`` line, one ``outcome`` line, SIGTERM to stop) lives in one
+place. Crypto and copying never run in the caller's process.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from oslo_log import log as logging
+
+LOG = logging.getLogger(__name__)
+
+
+class TunnelProcessError(Exception):
+    """The tunnel process did not start or did not report an outcome."""
+
+    def __init__(self, message, outcome=None):
+        super().__init__(message)
+        self.outcome = outcome
+
+
+class TunnelProcess:
+    """One running tunnel side.
+
+    :param params: the parameters dict (see secmig_nova/tunnel/params.py).
+    :param command: argv prefix; default runs this interpreter's module so
+        the same code is used whether or not console scripts are installed.
+    :param env: extra environment variables.
+    :param preexec: argv prefix to run the tunnel in another namespace
+        (e.g. ``['nsenter', '-t', PID, '-m', '-u']``).
+    """
+
+    def __init__(self, params, command=None, env=None, prefix=None,
+                 debug=False, stderr=None):
+        self.params = params
+        argv = list(prefix or [])
+        argv += command or [sys.executable, '-m', 'secmig_nova.cmd.tunnel']
+        argv += ['--params', '-']
+        if debug:
+            argv.append('--debug')
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        self._stderr_sink = stderr
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=stderr if stderr is not None else subprocess.PIPE,
+            env=full_env, text=True)
+        self.proc.stdin.write(json.dumps(params))
+        self.proc.stdin.close()
+        self.ready = None
+        self.outcome = None
+        self._stderr = []
+        self._lines = []
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read_stdout,
+                                        daemon=True)
+        self._reader.start()
+        if self.proc.stderr is not None:
+            self._err_reader = threading.Thread(target=self._read_stderr,
+                                                daemon=True)
+            self._err_reader.start()
+
+    def _read_stdout(self):
+        for line in self.proc.stdout:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                LOG.warning('tunnel printed a non-JSON line: %r', line)
+                continue
+            with self._cond:
+                if event.get('event') == 'ready':
+                    self.ready = event
+                elif event.get('event') == 'outcome':
+                    self.outcome = event
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def _read_stderr(self):
+        for line in self.proc.stderr:
+            self._stderr.append(line)
+
+    @property
+    def stderr(self):
+        return ''.join(self._stderr)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def wait_ready(self, timeout=30.0):
+        """Return the ready event; raises if the process ended first."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self.ready is None and self.outcome is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (self.proc.poll() is not None
+                                      and not self._reader.is_alive()):
+                    break
+                self._cond.wait(min(remaining, 0.2))
+        if self.ready is None:
+            raise TunnelProcessError(
+                'tunnel did not become ready: %s'
+                % (self.outcome or self.stderr[-2000:] or 'no output'),
+                self.outcome)
+        return self.ready
+
+    def wait(self, timeout=None):
+        """Wait for the process; return ``(returncode, outcome)``."""
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise TunnelProcessError('tunnel still running after %s s'
+                                     % timeout)
+        self._reader.join(5)
+        return rc, self.outcome
+
+    def terminate(self, timeout=30.0):
+        """SIGTERM, then wait; SIGKILL only if it does not stop in time."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.wait(timeout)
+        except TunnelProcessError:
+            LOG.error('tunnel process %d ignored SIGTERM, killing it',
+                      self.proc.pid)
+            self.proc.kill()
+            return self.wait(5)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        return self.wait(5)

@@ -1,0 +1,28 @@
+"""TLS 1.3 suites and groups, and the OpenSSL config that pins them.
+
+Kept apart from tls.py because it must be importable before OpenSSL is
+loaded: ``secmig-tunnel`` writes this configuration and sets
+``OPENSSL_CONF`` before anything imports :mod:`ssl`.
+"""
+
+CIPHER_SUITES = {
+    'aes-256-gcm': 'TLS_AES_256_GCM_SHA384',
+    'aes-128-gcm': 'TLS_AES_128_GCM_SHA256',
+}
+GROUPS = {
+    'prime256v1': 'P-256',
+    'secp384r1': 'P-384',
+}
+
+
+def openssl_conf(cipher, curve):
+    """Text of an OpenSSL config pinning the TLS 1.3 suite and group."""
+    return ('openssl_conf = secmig_init\n'
+            '[secmig_init]\n'
+            'ssl_conf = secmig_ssl\n'
+            '[secmig_ssl]\n'
+            'system_default = secmig_tls\n'
+            '[secmig_tls]\n'
+            'MinProtocol = TLSv1.3\n'
+            'Ciphersuites = %s\n'
+            'Groups = %s\n' % (CIPHER_SUITES[cipher], GROUPS[curve]))
