@@ -45,16 +45,20 @@ def _read_params(path):
 
 
 def _pin_openssl(raw):
-    """Write the OpenSSL config for this process; returns its path."""
-    from secmig_nova.conf import secmig as secmig_conf
-    defaults = {o.dest: o.default for o in secmig_conf.ALL_OPTS}
-    cipher = raw.get('tls_cipher', defaults['tls_cipher'])
-    curve = raw.get('ecdh_curve', defaults['ecdh_curve'])
+    """Write the OpenSSL config for this process; returns its path.
+
+    Must run before anything loads libcrypto (``ssl``, ``hashlib``, and so
+    oslo.config): OpenSSL reads ``OPENSSL_CONF`` once, at initialisation.
+    """
     from secmig_nova.tunnel import tls_conf
-    text = tls_conf.openssl_conf(cipher, curve)
+    cipher = raw.get('tls_cipher', tls_conf.DEFAULT_CIPHER)
+    curve = raw.get('ecdh_curve', tls_conf.DEFAULT_CURVE)
+    if cipher not in tls_conf.CIPHER_SUITES or \
+            curve not in tls_conf.GROUPS:
+        return None     # parameter validation refuses it with a reason
     fd, path = tempfile.mkstemp(prefix='secmig-openssl-', suffix='.cnf')
     with os.fdopen(fd, 'w') as f:
-        f.write(text)
+        f.write(tls_conf.openssl_conf(cipher, curve))
     os.environ['OPENSSL_CONF'] = path
     return path
 
@@ -77,11 +81,7 @@ def main(argv=None):
                'reason': 'config_invalid',
                'message': 'cannot read parameters: %s' % e})
         return EXIT_USAGE
-    conf_path = None
-    if isinstance(raw, dict) and raw.get('tls_cipher', 'aes-256-gcm') in (
-            'aes-256-gcm', 'aes-128-gcm') and raw.get(
-            'ecdh_curve', 'prime256v1') in ('prime256v1', 'secp384r1'):
-        conf_path = _pin_openssl(raw)
+    conf_path = _pin_openssl(raw) if isinstance(raw, dict) else None
     try:
         return _run(raw, args)
     finally:
@@ -146,6 +146,7 @@ def _run(raw, args):
         ready['sockets'] = listening
     else:
         ready['endpoint'] = listening
+        ready['bound'] = side.bound
     log.info('%s tunnel of migration %s ready: %s', params.side,
              params.migration_id, listening)
     _emit(ready)

@@ -2,6 +2,8 @@
 
 from oslo_config import cfg
 
+from secmig_nova.tunnel import tls_conf
+
 GROUP_NAME = 'secmig'
 
 secmig_group = cfg.OptGroup(
@@ -79,14 +81,12 @@ with the SHA-256 of everything sent so far, which the peer must acknowledge
 with an equal digest; a mismatch aborts the migration.
 """),
     cfg.StrOpt('tls_cipher',
-               default='aes-256-gcm',
-               choices=[('aes-256-gcm', 'TLS_AES_256_GCM_SHA384'),
-                        ('aes-128-gcm', 'TLS_AES_128_GCM_SHA256')],
+               default=tls_conf.DEFAULT_CIPHER,
+               choices=sorted(tls_conf.CIPHER_SUITES.items()),
                help='TLS 1.3 cipher suite of the migration tunnel.'),
     cfg.StrOpt('ecdh_curve',
-               default='prime256v1',
-               choices=[('prime256v1', 'NIST P-256'),
-                        ('secp384r1', 'NIST P-384')],
+               default=tls_conf.DEFAULT_CURVE,
+               choices=sorted(tls_conf.GROUPS.items()),
                help='ECDHE group of the tunnel\'s TLS 1.3 key exchange.'),
     cfg.FloatOpt('handshake_timeout',
                  default=10.0,

@@ -473,13 +473,7 @@ class Connection:
         self.state = State.CLOSING
 
     def _on_abort(self, payload):
-        abort = frames.pull_abort(payload)
-        code = abort.code
-        reason = code.reason if isinstance(code, frames.AbortCode) \
-            else 'code_%d' % code
-        raise errors.TunnelError(
-            reason, 'peer aborted the connection: %s (%s)'
-            % (reason, abort.reason), notify_peer=False)
+        raise errors.from_abort(frames.pull_abort(payload), 'peer')
 
     # -- receipts --------------------------------------------------------
 

@@ -33,6 +33,7 @@ from secmig_nova.tunnel import tls
 LOG = logging.getLogger(__name__)
 
 ACCEPT_POLL = 0.2
+ABORT_LINGER = 1.0
 
 
 class Control:
@@ -109,8 +110,11 @@ class Endpoint:
     # -- bookkeeping -----------------------------------------------------
 
     def terminate(self, reason='terminated'):
-        """Stop accepting; abort streaming connections; let closing ones
-        finish within ``termination_grace``."""
+        """Stop accepting and abort streaming connections.
+
+        Connections already in their closing exchange may finish within
+        ``termination_grace`` seconds.
+        """
         LOG.info('%s tunnel of migration %s stopping: %s', self.side,
                  self.params.migration_id, reason)
         self.control.stop(reason, grace=self.params.termination_grace)
@@ -175,13 +179,12 @@ class Endpoint:
             self._log_error(label, e)
             if e.notify_peer and socks.get('tls') is not None:
                 self._send_abort(socks['tls'], e)
+            status = errors.status_of(e)
             if conn is not None:
-                result = conn.result('failed', e)
+                result = conn.result(status, e)
             else:
-                result = {'kind': label, 'index': None, 'status': 'refused',
+                result = {'kind': label, 'index': None, 'status': status,
                           'reason': e.reason, 'message': str(e.args[0])}
-            if e.refusal:
-                result['status'] = 'refused'
             self._finished(result, e)
         except Exception as e:  # noqa: broad on purpose: fail closed
             LOG.exception('%s: internal error', label)
@@ -210,11 +213,22 @@ class Endpoint:
 
     @staticmethod
     def _send_abort(sock, error):
+        """Tell the peer why, then linger so it can read it.
+
+        Closing a socket that still has unread input makes the kernel send
+        a RST, which can discard our ABORT before the peer reads it; so the
+        write side is shut first and input drained briefly.
+        """
         try:
             sock.settimeout(1.0)
             sock.sendall(frames.push_abort(frames.Abort(
                 code=error.abort_code,
                 reason=str(error.args[0])[:400])))
+            sock.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + ABORT_LINGER
+            while time.monotonic() < deadline:
+                if not sock.recv(65536):
+                    break
         except (OSError, ValueError):
             pass
 
@@ -246,8 +260,7 @@ class Endpoint:
             results = list(self.results)
             failure = self.failure
         if failure is not None:
-            status = 'refused' if failure.refusal else (
-                'aborted' if failure.reason == 'terminated' else 'failed')
+            status = errors.status_of(failure)
         elif self.control.stop_reason in ('terminated', 'deadline') and \
                 (not results or any(r['status'] != 'completed'
                                     for r in results)):
@@ -449,9 +462,10 @@ class SourceEndpoint(Endpoint):
             raise tls.map_ssl_error(e, peer)
         socks['tls'] = sock
         version, suite = tls.check_negotiated(sock, p.tls_cipher)
+        # The pin is the identity check: the certificate must be exactly
+        # the one the destination cloud's broker named in the grant.
         tls.verify_peer(sock, self.peer_store, 'server',
-                        expected_fingerprint=grant.dst_fingerprint,
-                        dns_name=grant.dst_host)
+                        expected_fingerprint=grant.dst_fingerprint)
         sock.sendall(frames.push_hello(frames.Hello(
             version=frames.PROTOCOL_VERSION,
             kind=frames.StreamKind.from_label(kind),
@@ -461,12 +475,8 @@ class SourceEndpoint(Endpoint):
         try:
             ftype, payload = self._read_frame(sock, decoder, deadline)
             if ftype == frames.FrameType.ABORT:
-                abort = frames.pull_abort(payload)
-                reason = getattr(abort.code, 'reason',
-                                 'code_%s' % abort.code)
-                raise errors.TunnelError(
-                    reason, 'destination refused the connection: %s'
-                    % abort.reason, notify_peer=False)
+                raise errors.from_abort(frames.pull_abort(payload),
+                                        'destination')
             if ftype != frames.FrameType.HELLO_OK:
                 raise errors.TunnelError(
                     'unexpected_frame', '%s instead of HELLO_OK'
@@ -497,6 +507,7 @@ class DestinationEndpoint(Endpoint):
         super().__init__(params, clock)
         self._sock = None
         self.endpoint = None
+        self.bound = None
         self._used = set()
 
     def listen(self):
@@ -517,7 +528,8 @@ class DestinationEndpoint(Endpoint):
             self._sock = sock
             host = '[%s]' % p.listen_host if family == socket.AF_INET6 \
                 else p.listen_host
-            self.endpoint = '%s:%d' % (host, port)
+            self.bound = '%s:%d' % (host, port)
+            self.endpoint = p.advertise_endpoint or self.bound
             return self.endpoint
         raise errors.TunnelError(errors.CONFIG_INVALID,
                                  'no free port in %d..%d on %s: %s'
@@ -563,6 +575,11 @@ class DestinationEndpoint(Endpoint):
         decoder = frames.FrameDecoder()
         try:
             ftype, payload = self._read_frame(sock, decoder, deadline)
+            if ftype == frames.FrameType.ABORT:
+                # The source refused us (e.g. our certificate is not the
+                # one its grant pins).
+                raise errors.from_abort(frames.pull_abort(payload),
+                                        'source')
             if ftype != frames.FrameType.HELLO:
                 raise errors.TunnelError(
                     'unexpected_frame', '%s before HELLO' % ftype.name)

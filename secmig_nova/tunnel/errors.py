@@ -63,6 +63,24 @@ class TunnelError(Exception):
         return frames.AbortCode.INTERNAL_ERROR
 
 
+def from_abort(abort, peer):
+    """The peer's ABORT frame as our error, under the peer's reason."""
+    code = abort.code
+    reason = code.reason if isinstance(code, frames.AbortCode) \
+        else 'code_%d' % code
+    return TunnelError(reason, '%s aborted: %s (%s)'
+                       % (peer, reason, abort.reason), notify_peer=False)
+
+
+def status_of(error):
+    """Outcome status for an error: refused, aborted or failed."""
+    if error.refusal:
+        return 'refused'
+    if error.reason == 'terminated':
+        return 'aborted'
+    return 'failed'
+
+
 def from_frame_error(exc):
     return TunnelError(frames.AbortCode(exc.code).reason, str(exc))
 

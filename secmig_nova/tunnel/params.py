@@ -45,6 +45,9 @@ class TunnelParams:
     # destination: {kind: local QEMU unix socket path to connect to}
     sockets: dict
     grant: str = None
+    # destination: the endpoint grants must name when the source reaches
+    # this host through a NAT or port forward (default: the bound address).
+    advertise_endpoint: str = None
     listen_host: str = _DEFAULTS['tunnel_listen_address']
     port_min: int = _DEFAULTS['tunnel_port_min']
     port_max: int = _DEFAULTS['tunnel_port_max']
@@ -73,7 +76,7 @@ _SIMPLE = {
     'handshake_timeout': (int, float), 'local_endpoint_timeout': (int, float),
     'idle_timeout': (int, float), 'max_clock_skew': (int, float),
     'deadline': (int, float), 'termination_grace': (int, float),
-    'chunk_size': int,
+    'chunk_size': int, 'advertise_endpoint': str,
 }
 
 

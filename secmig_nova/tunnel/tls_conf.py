@@ -1,9 +1,14 @@
 """TLS 1.3 suites and groups, and the OpenSSL config that pins them.
 
-Kept apart from tls.py because it must be importable before OpenSSL is
-loaded: ``secmig-tunnel`` writes this configuration and sets
-``OPENSSL_CONF`` before anything imports :mod:`ssl`.
+Kept apart from tls.py, with no imports, because it must be usable before
+OpenSSL is initialised: ``secmig-tunnel`` writes this configuration and
+sets ``OPENSSL_CONF`` before anything imports :mod:`ssl` or :mod:`hashlib`
+(oslo.config imports hashlib, and libcrypto reads its configuration once,
+when it is first loaded).
 """
+
+DEFAULT_CIPHER = 'aes-256-gcm'
+DEFAULT_CURVE = 'prime256v1'
 
 CIPHER_SUITES = {
     'aes-256-gcm': 'TLS_AES_256_GCM_SHA384',

@@ -1,0 +1,323 @@
+"""Harness for tunnel tests: fake QEMU ends, a raw peer and a tampering proxy.
+
+Tunnels run as real ``secmig-tunnel`` processes (through
+secmig_nova.tunnel.process); "QEMU" on each side is a UNIX socket peer that
+writes or reads a known byte stream, so both directions' bytes and digests
+can be checked exactly.
+"""
+
+import hashlib
+import os
+import shutil
+import socket
+import ssl
+import struct
+import tempfile
+import threading
+import time
+
+import testtools
+
+from secmig_nova.tunnel import frames
+from secmig_nova.tunnel import process
+from tests.fixtures import pki as pki_fixture
+
+TIMEOUT = 30
+
+
+class FakeDestinationQemu:
+    """Listens where the destination QEMU would; records what arrives."""
+
+    def __init__(self, path, reply=b'', connections=1):
+        self.path = path
+        self.reply = reply
+        self.received = []
+        self.errors = []
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.bind(path)
+        self._sock.listen(16)
+        self._threads = []
+        self._acceptor = threading.Thread(target=self._accept,
+                                          args=(connections,), daemon=True)
+        self._acceptor.start()
+
+    def _accept(self, connections):
+        for _ in range(connections):
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            t = threading.Thread(target=self._serve, args=(conn,),
+                                 daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _serve(self, conn):
+        sha, total = hashlib.sha256(), 0
+        try:
+            if self.reply:
+                conn.sendall(self.reply)
+            while True:
+                chunk = conn.recv(1 << 20)
+                if not chunk:
+                    break
+                sha.update(chunk)
+                total += len(chunk)
+        except OSError as e:
+            self.errors.append(e)
+        finally:
+            conn.close()
+            self.received.append((total, sha.hexdigest()))
+
+    def wait(self, timeout=TIMEOUT):
+        self._acceptor.join(timeout)
+        for t in self._threads:
+            t.join(timeout)
+        return self.received
+
+    def close(self):
+        self._sock.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+class FakeSourceQemu:
+    """Connects to the source tunnel's socket, streams data, reads back."""
+
+    def __init__(self, path, data, chunk=256 * 1024, pace=None):
+        self.path = path
+        self.data = data
+        self.chunk = chunk
+        self.pace = pace
+        self.returned = bytearray()
+        self.error = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(self.path)
+            reader = threading.Thread(target=self._read, args=(sock,),
+                                      daemon=True)
+            reader.start()
+            view = memoryview(self.data)
+            for i in range(0, len(view), self.chunk):
+                sock.sendall(view[i:i + self.chunk])
+                if self.pace:
+                    time.sleep(self.pace)
+            sock.shutdown(socket.SHUT_WR)
+            reader.join(TIMEOUT)
+        except OSError as e:
+            self.error = e
+        finally:
+            sock.close()
+
+    def _read(self, sock):
+        try:
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return
+                self.returned += chunk
+        except OSError:
+            return
+
+    def wait(self, timeout=TIMEOUT):
+        self._thread.join(timeout)
+
+
+class Proxy:
+    """A TCP proxy in the tunnel path that can flip a byte or cut.
+
+    ``flip_at``: offset (in the source→destination byte stream) of a byte to
+    flip; ``cut_at``: close both sides after this many bytes.
+    """
+
+    def __init__(self, target, flip_at=None, cut_at=None):
+        self.target = target
+        self.flip_at = flip_at
+        self.cut_at = cut_at
+        self._sock = socket.socket()
+        self._sock.bind(('127.0.0.1', 0))
+        self._sock.listen(8)
+        self.endpoint = '127.0.0.1:%d' % self._sock.getsockname()[1]
+        self.flipped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self._sock.accept()
+            except OSError:
+                return
+            host, port = self.target.rsplit(':', 1)
+            upstream = socket.create_connection((host, int(port)))
+            threading.Thread(target=self._pump, args=(client, upstream, True),
+                             daemon=True).start()
+            threading.Thread(target=self._pump,
+                             args=(upstream, client, False),
+                             daemon=True).start()
+
+    def _pump(self, src, dst, forward):
+        offset = 0
+        try:
+            while True:
+                chunk = bytearray(src.recv(65536))
+                if not chunk:
+                    break
+                if forward and self.flip_at is not None and \
+                        offset <= self.flip_at < offset + len(chunk):
+                    chunk[self.flip_at - offset] ^= 0x01
+                    self.flipped = True
+                if forward and self.cut_at is not None and \
+                        offset + len(chunk) >= self.cut_at:
+                    dst.sendall(chunk[:self.cut_at - offset])
+                    break
+                dst.sendall(chunk)
+                offset += len(chunk)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self):
+        self._sock.close()
+
+
+class TunnelTestCase(testtools.TestCase):
+    """Starts tunnel processes with the test PKI; cleans everything up."""
+
+    def setUp(self):
+        super().setUp()
+        self.pki = pki_fixture.get()
+        # Short path: UNIX socket paths are limited to 107 bytes.
+        self.dir = tempfile.mkdtemp(prefix='smt-')
+        self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
+        self.src_sock = os.path.join(self.dir, 'src.sock')
+        self.dst_qemu_sock = os.path.join(self.dir, 'dstq.sock')
+        self.procs = []
+        self.addCleanup(self._stop_all)
+
+    def _stop_all(self):
+        for proc in self.procs:
+            if proc.proc.poll() is None:
+                proc.kill()
+
+    def host_files(self, cloud, name):
+        return dict(zip(('cert_file', 'key_file'),
+                        getattr(self.pki, cloud).hosts[name]))
+
+    def dst_params(self, host='host-b', crl=False, **over):
+        params = {
+            'side': 'destination', 'migration_id': 'mig-1',
+            'cloud_id': 'cloud-b', 'ca_file': self.pki.b.ca.ca_file,
+            'peer': self.pki.a.trust(crl=crl),
+            'sockets': {'memory': self.dst_qemu_sock},
+            'expect_connections': {'memory': 1},
+            'checkpoint_bytes': 1 << 20, 'handshake_timeout': 5.0,
+            'local_endpoint_timeout': 3.0, 'idle_timeout': 10.0,
+            'deadline': 60.0,
+        }
+        params.update(self.host_files('b', host))
+        params.update(over)
+        return params
+
+    def src_params(self, grant, host='host-a', cloud='a', **over):
+        params = {
+            'side': 'source', 'migration_id': 'mig-1',
+            'cloud_id': getattr(self.pki, cloud).cloud_id,
+            'ca_file': getattr(self.pki, cloud).ca.ca_file,
+            'peer': self.pki.b.trust(),
+            'sockets': {'memory': self.src_sock}, 'grant': grant,
+            'expect_connections': {'memory': 1},
+            'checkpoint_bytes': 1 << 20, 'handshake_timeout': 5.0,
+            'idle_timeout': 10.0, 'deadline': 60.0,
+        }
+        params.update(self.host_files(cloud, host))
+        params.update(over)
+        return params
+
+    def start(self, params, env=None):
+        proc = process.TunnelProcess(params, env=env)
+        self.procs.append(proc)
+        return proc
+
+    def start_destination(self, **over):
+        proc = self.start(self.dst_params(**over))
+        ready = proc.wait_ready(TIMEOUT)
+        return proc, ready['endpoint']
+
+    def start_pair(self, grant_kwargs=None, dst=None, src=None, env=None):
+        dst_proc, endpoint = self.start_destination(**(dst or {}))
+        grant = self.pki.grant(endpoint, **(grant_kwargs or {}))
+        src_proc = self.start(self.src_params(grant, **(src or {})), env=env)
+        src_proc.wait_ready(TIMEOUT)
+        return dst_proc, src_proc, endpoint
+
+    def assertRefused(self, proc, reason, status=None):
+        """The process ends non-zero with ``reason`` in its outcome."""
+        rc, outcome = proc.wait(TIMEOUT)
+        self.assertIsNotNone(outcome, 'no outcome line; stderr:\n%s'
+                             % proc.stderr[-3000:])
+        self.assertNotEqual(0, rc, outcome)
+        self.assertEqual(reason, outcome.get('reason'),
+                         '%s\nstderr:\n%s' % (outcome, proc.stderr[-3000:]))
+        if status:
+            self.assertEqual(status, outcome['status'])
+        return outcome
+
+    def assertCompleted(self, proc):
+        rc, outcome = proc.wait(TIMEOUT)
+        self.assertIsNotNone(outcome, proc.stderr[-3000:])
+        self.assertEqual(0, rc, '%s\n%s' % (outcome, proc.stderr[-3000:]))
+        self.assertEqual('completed', outcome['status'])
+        return outcome
+
+    def assertNoSocketLeft(self):
+        self.assertFalse(os.path.exists(self.src_sock),
+                         'source tunnel left its socket file behind')
+
+    # -- a raw source, to probe the destination's own checks ------------
+
+    def raw_client(self, endpoint, cloud='a', host='host-a', tls12=False,
+                   host_files=None):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        if tls12:
+            ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        files = host_files or getattr(self.pki, cloud).hosts[host]
+        ctx.load_cert_chain(*files)
+        h, port = endpoint.rsplit(':', 1)
+        raw = socket.create_connection((h, int(port)), timeout=10)
+        return ctx.wrap_socket(raw)
+
+    def hello(self, grant, index=0, kind='memory', migration_id='mig-1'):
+        return frames.push_hello(frames.Hello(
+            version=frames.PROTOCOL_VERSION,
+            kind=frames.StreamKind.from_label(kind), conn_index=index,
+            migration_id=migration_id, grant=grant))
+
+    @staticmethod
+    def read_frame(sock):
+        header = b''
+        while len(header) < 5:
+            chunk = sock.recv(5 - len(header))
+            if not chunk:
+                return None, None
+            header += chunk
+        ftype, length = struct.unpack('>BI', header)
+        payload = b''
+        while len(payload) < length:
+            chunk = sock.recv(length - len(payload))
+            if not chunk:
+                break
+            payload += chunk
+        return ftype, payload
