@@ -20,6 +20,7 @@ tunnel (see secmig_nova/tunnel/tls.py).
 import argparse
 import json
 import os
+import resource
 import signal
 import sys
 import tempfile
@@ -61,6 +62,25 @@ def _pin_openssl(raw):
         f.write(tls_conf.openssl_conf(cipher, curve))
     os.environ['OPENSSL_CONF'] = path
     return path
+
+
+def _rusage():
+    """CPU time and peak RSS of this process.
+
+    Peak RSS comes from VmHWM: ``ru_maxrss`` keeps the parent's high-water
+    mark across fork and exec, so it would report the caller's size.
+    """
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    peak = None
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('VmHWM:'):
+                    peak = int(line.split()[1])
+    except OSError:
+        pass
+    return {'cpu_user': usage.ru_utime, 'cpu_system': usage.ru_stime,
+            'max_rss_kib': peak if peak is not None else usage.ru_maxrss}
 
 
 def main(argv=None):
@@ -151,6 +171,7 @@ def _run(raw, args):
              params.migration_id, listening)
     _emit(ready)
     outcome = side.run()
+    outcome['rusage'] = _rusage()
     log.info('%s tunnel of migration %s ended: %s%s', params.side,
              params.migration_id, outcome['status'],
              (' (%s)' % outcome['reason']) if 'reason' in outcome else '')
