@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# The project's test command (README.md, .ci/run): sets up .venv, then runs
-# secmig-nova's own test suite with stestr and flake8.
-set -euo pipefail
+# The project's test command (README.md, .ci/run): sets up .venv, lints, and
+# runs secmig-nova's own test suite with stestr. Ends with one line
+# "N passed, N failed, N skipped" taken from the stestr results.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-bash tools/setup-venv.sh
-.venv/bin/flake8 secmig_nova tests tools
+bash tools/setup-venv.sh || exit 1
+.venv/bin/flake8 || { echo "flake8 failed"; exit 1; }
 .venv/bin/python -m stestr --test-path ./tests run "$@"
+rc=$?
+.venv/bin/python tools/test_summary.py || rc=1
+exit $rc

@@ -1,0 +1,141 @@
+"""``secmig-nova-manage``: operator commands.
+
+    secmig-nova-manage ca init   --dir DIR --cloud-id ID [--days N] [--force]
+    secmig-nova-manage ca issue  host|broker NAME --dir DIR [--out DIR]
+                                 [--days N] [--dns NAME ...]
+    secmig-nova-manage ca revoke CERT --dir DIR
+    secmig-nova-manage ca crl    --dir DIR [--days N]
+    secmig-nova-manage ca show   CERT [--ca-file CA --cloud-id ID]
+
+The ``ca`` commands run a small cloud CA in a directory, for labs, tests and
+devstack: ECDSA P-256 keys written with mode 0600, certificates with the
+``urn:secmig:<cloud-id>:<role>:<name>`` subjectAltName. Exit status 0 on
+success, 1 on a refused or failed command, 2 on usage errors.
+"""
+
+import argparse
+import sys
+
+from secmig_nova.trust import ca
+from secmig_nova.trust import certs
+from secmig_nova.trust import errors as trust_errors
+from secmig_nova.trust import store
+
+
+def _ca_init(args):
+    directory = ca.CADirectory(args.dir)
+    cert = directory.init(args.cloud_id, days=args.days, force=args.force)
+    print('created CA of cloud %s in %s' % (args.cloud_id, args.dir))
+    print('  certificate: %s' % directory.ca_file)
+    print('  CRL:         %s' % directory.crl_file)
+    print('  fingerprint: %s' % certs.fingerprint(cert))
+    print('  valid until: %s' % cert.not_valid_after_utc.isoformat())
+    return 0
+
+
+def _ca_issue(args):
+    directory = ca.CADirectory(args.dir)
+    cert_file, key_file = directory.issue(
+        args.role, args.name, out_dir=args.out, days=args.days,
+        dns_names=args.dns or None)
+    cert = certs.load_pem_chain(cert_file)[0]
+    print('issued %s certificate %s' % (args.role,
+                                        certs.identity_of(cert).urn))
+    print('  certificate: %s' % cert_file)
+    print('  key (0600):  %s' % key_file)
+    print('  fingerprint: %s' % certs.fingerprint(cert))
+    print('  valid until: %s' % cert.not_valid_after_utc.isoformat())
+    return 0
+
+
+def _ca_revoke(args):
+    directory = ca.CADirectory(args.dir)
+    serial = directory.revoke(args.cert)
+    print('revoked serial %x; CRL rewritten: %s'
+          % (serial, directory.crl_file))
+    return 0
+
+
+def _ca_crl(args):
+    directory = ca.CADirectory(args.dir)
+    print('CRL written: %s' % directory.write_crl(days=args.days))
+    return 0
+
+
+def _ca_show(args):
+    chain = certs.load_pem_chain(args.cert)
+    leaf = chain[0]
+    identity = certs.identity_of(leaf)
+    print('identity:    %s' % identity.urn)
+    print('fingerprint: %s' % certs.fingerprint(leaf))
+    print('valid:       %s .. %s' % (leaf.not_valid_before_utc.isoformat(),
+                                     leaf.not_valid_after_utc.isoformat()))
+    if args.ca_file:
+        trust = store.TrustStore.load(args.cloud_id or identity.cloud_id,
+                                      args.ca_file, args.crl_file)
+        trust.verify(chain, 'client', role=identity.role)
+        print('verified:    chains to %s for cloud %s'
+              % (args.ca_file, trust.cloud_id))
+    return 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog='secmig-nova-manage',
+        description='secmig-nova operator commands')
+    sub = parser.add_subparsers(dest='command', required=True)
+
+    ca_parser = sub.add_parser('ca', help='a cloud CA for labs and devstack')
+    ca_sub = ca_parser.add_subparsers(dest='ca_command', required=True)
+
+    p = ca_sub.add_parser('init', help='create a cloud CA')
+    p.add_argument('--dir', required=True, help='CA directory')
+    p.add_argument('--cloud-id', required=True)
+    p.add_argument('--days', type=int, default=ca.DEFAULT_CA_DAYS)
+    p.add_argument('--force', action='store_true',
+                   help='replace an existing CA (invalidates its certs)')
+    p.set_defaults(func=_ca_init)
+
+    p = ca_sub.add_parser('issue', help='issue a host or broker certificate')
+    p.add_argument('role', choices=certs.ROLES)
+    p.add_argument('name', help='host name (or broker name)')
+    p.add_argument('--dir', required=True, help='CA directory')
+    p.add_argument('--out', help='where to write NAME.crt and NAME.key '
+                   '(default: the CA directory)')
+    p.add_argument('--days', type=int, default=ca.DEFAULT_CERT_DAYS)
+    p.add_argument('--dns', action='append',
+                   help='DNS subjectAltName (default: NAME); repeatable')
+    p.set_defaults(func=_ca_issue)
+
+    p = ca_sub.add_parser('revoke', help='revoke a certificate')
+    p.add_argument('cert')
+    p.add_argument('--dir', required=True, help='CA directory')
+    p.set_defaults(func=_ca_revoke)
+
+    p = ca_sub.add_parser('crl', help='re-issue the CRL (before it expires)')
+    p.add_argument('--dir', required=True, help='CA directory')
+    p.add_argument('--days', type=int, default=ca.DEFAULT_CRL_DAYS)
+    p.set_defaults(func=_ca_crl)
+
+    p = ca_sub.add_parser('show', help='print and optionally verify a '
+                          'certificate')
+    p.add_argument('cert')
+    p.add_argument('--ca-file')
+    p.add_argument('--crl-file')
+    p.add_argument('--cloud-id')
+    p.set_defaults(func=_ca_show)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (trust_errors.TrustError, FileExistsError, OSError,
+            ValueError) as e:
+        print('secmig-nova-manage: %s' % e, file=sys.stderr)
+        return 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
