@@ -80,6 +80,46 @@ class TestRoundTrip(harness.TunnelTestCase):
     def test_empty_stream(self):
         self._round_trip(1, 0, b'')
 
+    def test_memory_and_disk_streams(self):
+        disk_src = os.path.join(self.dir, 'disk.sock')
+        disk_dst = os.path.join(self.dir, 'diskq.sock')
+        streams = {'memory': 1, 'disk': 1}
+        dst, src, _ = self.start_pair(
+            grant_kwargs={'streams': streams},
+            dst={'sockets': {'memory': self.dst_qemu_sock,
+                             'disk': disk_dst},
+                 'expect_connections': streams},
+            src={'sockets': {'memory': self.src_sock, 'disk': disk_src},
+                 'expect_connections': streams})
+        mem_q = harness.FakeDestinationQemu(self.dst_qemu_sock)
+        disk_q = harness.FakeDestinationQemu(disk_dst)
+        self.addCleanup(mem_q.close)
+        self.addCleanup(disk_q.close)
+        mem, disk = os.urandom(300000), os.urandom(500000)
+        feeders = [harness.FakeSourceQemu(self.src_sock, mem),
+                   harness.FakeSourceQemu(disk_src, disk)]
+        for f in feeders:
+            f.wait()
+        out = self.assertCompleted(src)
+        self.assertCompleted(dst)
+        self.assertEqual([(len(mem), _sha(mem))], mem_q.wait())
+        self.assertEqual([(len(disk), _sha(disk))], disk_q.wait())
+        self.assertEqual(['disk', 'memory'],
+                         [c['kind'] for c in out['connections']])
+        self.assertFalse(os.path.exists(disk_src))
+
+    def test_destination_qemu_socket_appears_late(self):
+        dst, src, _ = self.start_pair()
+        data = os.urandom(200000)
+        feeder = harness.FakeSourceQemu(self.src_sock, data)
+        time.sleep(0.7)
+        qemu_dst = harness.FakeDestinationQemu(self.dst_qemu_sock)
+        self.addCleanup(qemu_dst.close)
+        feeder.wait()
+        self.assertCompleted(src)
+        self.assertCompleted(dst)
+        self.assertEqual([(len(data), _sha(data))], qemu_dst.wait())
+
     def test_aes_128_by_option(self):
         dst, src, _ = self.start_pair(dst={'tls_cipher': 'aes-128-gcm'},
                                       src={'tls_cipher': 'aes-128-gcm'})
