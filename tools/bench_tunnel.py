@@ -155,9 +155,10 @@ def drive(src_sock, size, connections, pattern, reader):
     return max(reader.last) - min(started)
 
 
-def run_secure(pki, tmp, size, connections, pattern, migration_id):
-    src_sock = os.path.join(tmp, 's.sock')
-    dst_sock = os.path.join(tmp, 'd.sock')
+def start_tunnels(pki, tmp, migration_id, connections, ports):
+    """A destination and a source tunnel; returns (src, dst, paths)."""
+    src_sock = os.path.join(tmp, '%s-s.sock' % migration_id)
+    dst_sock = os.path.join(tmp, '%s-d.sock' % migration_id)
     common = {'migration_id': migration_id,
               'expect_connections': {'memory': connections}}
     dst = process.TunnelProcess(dict(
@@ -165,7 +166,7 @@ def run_secure(pki, tmp, size, connections, pattern, migration_id):
         cert_file=pki.dst_host[0], key_file=pki.dst_host[1],
         ca_file=pki.dst.ca_file,
         peer={'cloud_id': 'cloud-a', 'ca_file': pki.src.ca_file},
-        sockets={'memory': dst_sock}, port_min=49700, port_max=49799))
+        sockets={'memory': dst_sock}, port_min=ports, port_max=ports + 99))
     endpoint = dst.wait_ready()['endpoint']
     src = process.TunnelProcess(dict(
         common, side='source', cloud_id='cloud-a',
@@ -175,15 +176,26 @@ def run_secure(pki, tmp, size, connections, pattern, migration_id):
         sockets={'memory': src_sock},
         grant=pki.grant(endpoint, migration_id, connections)))
     src.wait_ready()
-    reader = Reader(dst_sock, connections)
-    seconds = drive(src_sock, size, connections, pattern, reader)
+    return src, dst, src_sock, dst_sock
+
+
+def finish(procs):
     outcomes = {}
-    for name, proc in (('source', src), ('destination', dst)):
+    for name, proc in procs:
         rc, outcome = proc.wait(60)
         if rc != 0:
             raise RuntimeError('%s tunnel failed: %s\n%s'
                                % (name, outcome, proc.stderr[-2000:]))
         outcomes[name] = outcome
+    return outcomes
+
+
+def run_secure(pki, tmp, size, connections, pattern, migration_id):
+    src, dst, src_sock, dst_sock = start_tunnels(pki, tmp, migration_id,
+                                                 connections, 49700)
+    reader = Reader(dst_sock, connections)
+    seconds = drive(src_sock, size, connections, pattern, reader)
+    outcomes = finish((('source', src), ('destination', dst)))
     os.unlink(dst_sock)
     return seconds, reader.bytes, outcomes
 
@@ -213,26 +225,8 @@ def run_plain(tmp, size, connections, pattern):
 
 def handshakes(pki, tmp, count):
     """Latency of QEMU connect -> first byte at the destination QEMU."""
-    src_sock = os.path.join(tmp, 'hs.sock')
-    dst_sock = os.path.join(tmp, 'hd.sock')
-    mid = 'bench-handshake'
-    common = {'migration_id': mid,
-              'expect_connections': {'memory': count}}
-    dst = process.TunnelProcess(dict(
-        common, side='destination', cloud_id='cloud-b',
-        cert_file=pki.dst_host[0], key_file=pki.dst_host[1],
-        ca_file=pki.dst.ca_file,
-        peer={'cloud_id': 'cloud-a', 'ca_file': pki.src.ca_file},
-        sockets={'memory': dst_sock}, port_min=49800, port_max=49899))
-    endpoint = dst.wait_ready()['endpoint']
-    src = process.TunnelProcess(dict(
-        common, side='source', cloud_id='cloud-a',
-        cert_file=pki.src_host[0], key_file=pki.src_host[1],
-        ca_file=pki.src.ca_file,
-        peer={'cloud_id': 'cloud-b', 'ca_file': pki.dst.ca_file},
-        sockets={'memory': src_sock},
-        grant=pki.grant(endpoint, mid, count)))
-    src.wait_ready()
+    src, dst, src_sock, dst_sock = start_tunnels(pki, tmp, 'bench-hs',
+                                                 count, 49800)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(dst_sock)
     listener.listen(4)
@@ -253,10 +247,7 @@ def handshakes(pki, tmp, count):
             pass
         qemu.close()
     listener.close()
-    for proc in (src, dst):
-        rc, outcome = proc.wait(60)
-        if rc != 0:
-            raise RuntimeError('handshake tunnel failed: %s' % outcome)
+    finish((('source', src), ('destination', dst)))
     return latencies
 
 

@@ -177,8 +177,8 @@ class Endpoint:
             self._finished(result)
         except errors.TunnelError as e:
             self._log_error(label, e)
-            if e.notify_peer and socks.get('tls') is not None:
-                self._send_abort(socks['tls'], e)
+            if socks.get('tls') is not None:
+                self._close_failed(socks['tls'], e)
             status = errors.status_of(e)
             if conn is not None:
                 result = conn.result(status, e)
@@ -190,7 +190,7 @@ class Endpoint:
             LOG.exception('%s: internal error', label)
             err = errors.TunnelError('internal_error', repr(e))
             if socks.get('tls') is not None:
-                self._send_abort(socks['tls'], err)
+                self._close_failed(socks['tls'], err)
             self._finished({'kind': label, 'index': None,
                             'status': 'failed', 'reason': err.reason,
                             'message': repr(e)}, err)
@@ -212,18 +212,20 @@ class Endpoint:
                       error.args[0])
 
     @staticmethod
-    def _send_abort(sock, error):
-        """Tell the peer why, then linger so it can read it.
+    def _close_failed(sock, error):
+        """Tell the peer why (an ABORT, when we can), then linger.
 
         Closing a socket that still has unread input makes the kernel send
-        a RST, which can discard our ABORT before the peer reads it; so the
-        write side is shut first and input drained briefly.
+        a RST, which can discard what we (or OpenSSL, with its own alert)
+        sent last before the peer reads it; so the write side is shut
+        first and input is drained briefly.
         """
         try:
             sock.settimeout(1.0)
-            sock.sendall(frames.push_abort(frames.Abort(
-                code=error.abort_code,
-                reason=str(error.args[0])[:400])))
+            if error.notify_peer:
+                sock.sendall(frames.push_abort(frames.Abort(
+                    code=error.abort_code,
+                    reason=str(error.args[0])[:400])))
             sock.shutdown(socket.SHUT_WR)
             deadline = time.monotonic() + ABORT_LINGER
             while time.monotonic() < deadline:
@@ -231,6 +233,23 @@ class Endpoint:
                     break
         except (OSError, ValueError):
             pass
+
+    def _verify_grant(self, token, store):
+        """Verify a grant for this migration from ``store``'s broker."""
+        try:
+            grant = tokens.verify_grant(token, store, now=self.clock(),
+                                        leeway=self.params.max_clock_skew)
+        except tokens.TokenError as e:
+            raise errors.from_token_error(e)
+        except trust_errors.TrustError as e:
+            raise errors.TunnelError('grant_invalid',
+                                     'grant signer refused: %s' % e)
+        if grant.migration_id != self.params.migration_id:
+            raise errors.TunnelError(
+                'grant_wrong_migration', 'grant is for migration %s, this '
+                'tunnel serves %s' % (grant.migration_id,
+                                      self.params.migration_id))
+        return grant
 
     def _read_frame(self, sock, decoder, deadline):
         """Blocking read of one frame during the opening exchange."""
@@ -331,19 +350,9 @@ class SourceEndpoint(Endpoint):
 
     def _check_grant(self):
         p = self.params
-        try:
-            grant = tokens.verify_grant(p.grant, self.peer_store,
-                                        now=self.clock(),
-                                        leeway=p.max_clock_skew)
-        except tokens.TokenError as e:
-            raise errors.from_token_error(e)
-        except trust_errors.TrustError as e:
-            raise errors.TunnelError('grant_invalid', 'grant signer refused: '
-                                     '%s' % e)
-        if grant.migration_id != p.migration_id:
-            raise errors.TunnelError(
-                'grant_wrong_migration', 'grant is for migration %s, this '
-                'tunnel is %s' % (grant.migration_id, p.migration_id))
+        # The destination cloud's broker signed it: verify with the peer's
+        # trust store before listening, so a bad grant never opens a socket.
+        grant = self._verify_grant(p.grant, self.peer_store)
         if grant.src_fingerprint != self.fingerprint or \
                 grant.src_cloud != p.cloud_id:
             raise errors.TunnelError(
@@ -616,19 +625,7 @@ class DestinationEndpoint(Endpoint):
             raise errors.TunnelError(
                 'grant_wrong_migration', 'HELLO for migration %s, this '
                 'tunnel serves %s' % (hello.migration_id, p.migration_id))
-        try:
-            grant = tokens.verify_grant(hello.grant, self.own_store,
-                                        now=self.clock(),
-                                        leeway=p.max_clock_skew)
-        except tokens.TokenError as e:
-            raise errors.from_token_error(e)
-        except trust_errors.TrustError as e:
-            raise errors.TunnelError('grant_invalid', 'grant signer '
-                                     'refused: %s' % e)
-        if grant.migration_id != p.migration_id:
-            raise errors.TunnelError(
-                'grant_wrong_migration', 'grant is for migration %s, this '
-                'tunnel serves %s' % (grant.migration_id, p.migration_id))
+        grant = self._verify_grant(hello.grant, self.own_store)
         if grant.dst_fingerprint != self.fingerprint or \
                 grant.dst_endpoint != self.endpoint:
             raise errors.TunnelError(
