@@ -1,0 +1,1 @@
+"""The broker's database: migration records, replay store, receipts."""

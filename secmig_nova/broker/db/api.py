@@ -1,0 +1,195 @@
+"""Database access of the broker through oslo.db's enginefacade.
+
+sqlite by default (a file path in ``[secmig_broker] database_connection``),
+any SQLAlchemy URL for MySQL or PostgreSQL. Several broker workers may share
+one database: the replay store relies on the primary key for atomicity, and
+state transitions are checked inside one transaction.
+"""
+
+import time
+
+from oslo_db import exception as db_exc
+from oslo_db.sqlalchemy import enginefacade
+from oslo_log import log as logging
+import sqlalchemy as sa
+
+from secmig_nova.authz import replay
+from secmig_nova.broker.db import models
+
+LOG = logging.getLogger(__name__)
+
+
+class InvalidTransition(Exception):
+    def __init__(self, migration_id, old, new):
+        super().__init__('migration %s cannot go from %s to %s'
+                         % (migration_id, old, new))
+        self.old = old
+        self.new = new
+
+
+class NotFound(Exception):
+    pass
+
+
+class _Context:
+    """What enginefacade attaches its session to."""
+
+
+class Database:
+    """One broker's database."""
+
+    def __init__(self, connection, clock=time.time):
+        self.connection = connection
+        self._clock = clock
+        self._tc = enginefacade.transaction_context()
+        self._tc.configure(connection=connection, sqlite_fk=True,
+                           max_retries=0)
+
+    def writer(self):
+        return self._tc.writer.using(_Context())
+
+    def reader(self):
+        return self._tc.reader.using(_Context())
+
+    def create_schema(self):
+        """Create tables directly (tests); production uses db sync."""
+        models.Base.metadata.create_all(self._tc.writer.get_engine())
+
+    def dispose(self):
+        try:
+            self._tc.writer.get_engine().dispose()
+        except Exception:  # noqa: nothing to dispose
+            pass
+
+    # -- migrations ------------------------------------------------------
+
+    def create_migration(self, migration_id, side, state, **fields):
+        now = self._clock()
+        record = models.Migration(
+            id=migration_id, side=side, state=state, created_at=now,
+            updated_at=now,
+            history=[{'state': state, 'at': now,
+                      'reason': fields.pop('reason', None)}],
+            **fields)
+        try:
+            with self.writer() as session:
+                session.add(record)
+        except db_exc.DBDuplicateEntry:
+            raise InvalidTransition(migration_id, 'existing', state)
+        return self.get_migration(migration_id)
+
+    def get_migration(self, migration_id):
+        with self.reader() as session:
+            record = session.get(models.Migration, migration_id)
+            if record is None:
+                raise NotFound('no migration %s' % migration_id)
+            return _as_dict(record)
+
+    def list_migrations(self, project_id=None, state=None, limit=100):
+        with self.reader() as session:
+            query = sa.select(models.Migration).order_by(
+                models.Migration.created_at.desc()).limit(limit)
+            if project_id:
+                query = query.where(models.Migration.project_id == project_id)
+            if state:
+                query = query.where(models.Migration.state == state)
+            return [_as_dict(r) for r in session.scalars(query)]
+
+    def transition(self, migration_id, new_state, reason=None, **fields):
+        """Move a migration to ``new_state`` if the state machine allows."""
+        if new_state not in models.STATES:
+            raise ValueError('unknown state %r' % new_state)
+        now = self._clock()
+        with self.writer() as session:
+            record = session.get(models.Migration, migration_id,
+                                 with_for_update=True)
+            if record is None:
+                raise NotFound('no migration %s' % migration_id)
+            if new_state not in models.TRANSITIONS.get(record.state, ()):
+                raise InvalidTransition(migration_id, record.state,
+                                        new_state)
+            record.state = new_state
+            record.reason = reason
+            record.updated_at = now
+            record.history = list(record.history) + [
+                {'state': new_state, 'at': now, 'reason': reason}]
+            for name, value in fields.items():
+                setattr(record, name, value)
+        return self.get_migration(migration_id)
+
+    # -- receipts --------------------------------------------------------
+
+    def add_receipt(self, migration_id, role, stream_kind, connection_index,
+                    signer, token, sha256):
+        try:
+            with self.writer() as session:
+                session.add(models.Receipt(
+                    migration_id=migration_id, role=role,
+                    stream_kind=stream_kind,
+                    connection_index=connection_index, signer=signer,
+                    token=token, sha256=sha256, created_at=self._clock()))
+        except db_exc.DBDuplicateEntry:
+            return False
+        return True
+
+    def receipts(self, migration_id):
+        with self.reader() as session:
+            query = sa.select(models.Receipt).where(
+                models.Receipt.migration_id == migration_id).order_by(
+                models.Receipt.stream_kind,
+                models.Receipt.connection_index, models.Receipt.role)
+            return [{'role': r.role, 'stream_kind': r.stream_kind,
+                     'connection_index': r.connection_index,
+                     'signer': r.signer, 'token': r.token,
+                     'sha256': r.sha256, 'created_at': r.created_at}
+                    for r in session.scalars(query)]
+
+
+def _as_dict(record):
+    return {c.name: getattr(record, c.name)
+            for c in models.Migration.__table__.columns}
+
+
+class DatabaseReplayStore(replay.ReplayStore):
+    """The replay store of secmig_nova.authz.replay, in the database.
+
+    Inserting the key is the check: the primary key makes a second insert
+    fail, in this worker or another. Expired keys are purged as we go.
+    """
+
+    def __init__(self, database, clock=time.time):
+        self.db = database
+        self._clock = clock
+        self._last_purge = 0.0
+
+    def check_and_remember(self, key, expires_at):
+        if not isinstance(key, str) or not key:
+            raise ValueError('replay key must be a non-empty string')
+        now = self._clock()
+        try:
+            if now - self._last_purge > 60:
+                self._purge(now)
+            with self.db.writer() as session:
+                existing = session.get(models.ReplayEntry, key)
+                if existing is not None:
+                    if existing.expires_at > now:
+                        LOG.warning('Replay of %s refused', key)
+                        return False
+                    session.delete(existing)
+                    session.flush()
+                session.add(models.ReplayEntry(key=key,
+                                               expires_at=float(expires_at)))
+        except db_exc.DBDuplicateEntry:
+            LOG.warning('Replay of %s refused (concurrent use)', key)
+            return False
+        except (db_exc.DBError, sa.exc.SQLAlchemyError) as e:
+            raise replay.ReplayStoreError(
+                replay.STORE_UNAVAILABLE,
+                'replay store database unavailable: %s' % e)
+        return True
+
+    def _purge(self, now):
+        with self.db.writer() as session:
+            session.execute(sa.delete(models.ReplayEntry).where(
+                models.ReplayEntry.expires_at <= now))
+        self._last_purge = now

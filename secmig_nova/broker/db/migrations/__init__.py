@@ -1,0 +1,1 @@
+"""Alembic migrations of the broker database (``secmig-nova-manage db sync``)."""

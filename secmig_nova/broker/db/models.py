@@ -1,0 +1,84 @@
+"""SQLAlchemy models of the broker's audit trail and replay store."""
+
+import sqlalchemy as sa
+from sqlalchemy import orm
+
+# A migration's life; final states never change again.
+REQUESTED = 'requested'
+AUTHORIZED = 'authorized'
+GRANTED = 'granted'
+TRANSFERRING = 'transferring'
+COMPLETED = 'completed'
+FAILED = 'failed'
+ABORTED = 'aborted'
+FINAL_STATES = (COMPLETED, FAILED, ABORTED)
+STATES = (REQUESTED, AUTHORIZED, GRANTED, TRANSFERRING) + FINAL_STATES
+TRANSITIONS = {
+    REQUESTED: {AUTHORIZED, GRANTED, FAILED, ABORTED},
+    AUTHORIZED: {GRANTED, FAILED, ABORTED},
+    GRANTED: {TRANSFERRING, COMPLETED, FAILED, ABORTED},
+    TRANSFERRING: {COMPLETED, FAILED, ABORTED},
+}
+
+
+class Base(orm.DeclarativeBase):
+    pass
+
+
+class Migration(Base):
+    """One migration as this broker saw it (source or destination side)."""
+
+    __tablename__ = 'secmig_migrations'
+
+    id = sa.Column(sa.String(255), primary_key=True)
+    side = sa.Column(sa.String(16), nullable=False)
+    state = sa.Column(sa.String(16), nullable=False)
+    reason = sa.Column(sa.Text)
+    instance_uuid = sa.Column(sa.String(36))
+    project_id = sa.Column(sa.String(64), index=True)
+    user_id = sa.Column(sa.String(64))
+    src_cloud = sa.Column(sa.String(64))
+    src_host = sa.Column(sa.String(255))
+    src_fingerprint = sa.Column(sa.String(64))
+    dst_cloud = sa.Column(sa.String(64))
+    dst_host = sa.Column(sa.String(255))
+    dst_fingerprint = sa.Column(sa.String(64))
+    dst_endpoint = sa.Column(sa.String(255))
+    streams = sa.Column(sa.JSON)
+    ticket_jti = sa.Column(sa.String(64))
+    grant_jti = sa.Column(sa.String(64))
+    history = sa.Column(sa.JSON, nullable=False, default=list)
+    created_at = sa.Column(sa.Float, nullable=False)
+    updated_at = sa.Column(sa.Float, nullable=False)
+    expires_at = sa.Column(sa.Float)
+
+
+class ReplayEntry(Base):
+    """A single-use id (ticket jti, envelope nonce) until it expires."""
+
+    __tablename__ = 'secmig_replay'
+
+    key = sa.Column(sa.String(255), primary_key=True)
+    expires_at = sa.Column(sa.Float, nullable=False, index=True)
+
+
+class Receipt(Base):
+    """A verified signed receipt of one tunnel connection."""
+
+    __tablename__ = 'secmig_receipts'
+    __table_args__ = (
+        sa.UniqueConstraint('migration_id', 'role', 'stream_kind',
+                            'connection_index', name='uniq_receipt_conn'),
+    )
+
+    id = sa.Column(sa.Integer, primary_key=True, autoincrement=True)
+    migration_id = sa.Column(sa.String(255),
+                             sa.ForeignKey('secmig_migrations.id'),
+                             nullable=False, index=True)
+    role = sa.Column(sa.String(16), nullable=False)
+    stream_kind = sa.Column(sa.String(16), nullable=False)
+    connection_index = sa.Column(sa.Integer, nullable=False)
+    signer = sa.Column(sa.String(255), nullable=False)
+    token = sa.Column(sa.Text, nullable=False)
+    sha256 = sa.Column(sa.String(64), nullable=False, unique=True)
+    created_at = sa.Column(sa.Float, nullable=False)
