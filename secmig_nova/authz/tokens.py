@@ -20,6 +20,7 @@ import base64
 import dataclasses
 import hashlib
 import json
+import re
 import time
 import uuid
 
@@ -35,6 +36,7 @@ MAX_X5C = 4
 
 TYP_GRANT = 'secmig-grant+jwt'
 TYP_RECEIPT = 'secmig-receipt+jwt'
+TYP_TICKET = 'secmig-ticket+jwt'
 
 DEFAULT_GRANT_TTL = 300
 DEFAULT_LEEWAY = 30.0
@@ -65,6 +67,7 @@ NOT_YET_VALID = 'token_not_yet_valid'
 WRONG_AUDIENCE = 'token_wrong_audience'
 MISSING_CLAIM = 'token_missing_claim'
 INVALID_CLAIM = 'token_invalid_claim'
+REPLAYED = 'token_replayed'
 
 
 def _b64(der):
@@ -98,6 +101,23 @@ def _unverified_header(token):
     if not isinstance(header, dict):
         raise TokenError(MALFORMED, 'JWS header is not an object')
     return header
+
+
+def unverified_claims(token):
+    """The claims of ``token`` without any verification.
+
+    Only for choosing what to verify with (e.g. the trust store of the
+    cloud named in ``iss``); everything it returns is attacker-controlled
+    until :func:`verify` has succeeded. Size and syntax are checked.
+    """
+    _unverified_header(token)
+    try:
+        claims = jwt.decode(token, options={'verify_signature': False})
+    except (jwt.PyJWTError, ValueError, TypeError) as e:
+        raise TokenError(MALFORMED, 'cannot decode token: %s' % e)
+    if not isinstance(claims, dict):
+        raise TokenError(MALFORMED, 'claims are not an object')
+    return claims
 
 
 def _x5c_chain(header):
@@ -269,7 +289,8 @@ def _check_grant_claims(claims):
     _check_fingerprint(claims, 'src_fingerprint')
     _check_fingerprint(claims, 'dst_fingerprint')
     host, sep, port = claims['dst_endpoint'].rpartition(':')
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not re.fullmatch('[0-9]{1,5}', port) \
+            or not 0 < int(port) < 65536:
         raise TokenError(INVALID_CLAIM, 'dst_endpoint must be host:port')
     streams = claims.get('streams')
     if (not isinstance(streams, dict) or not streams

@@ -18,7 +18,7 @@ with, and the tunnel that carries QEMU's migration stream.
 identity_opts = [
     cfg.StrOpt('cloud_id',
                default='default',
-               regex=r'^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$',
+               regex=r'^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z',
                help="""
 Identifier of the cloud this host belongs to. It must equal the cloud id in
 the ``urn:secmig:<cloud-id>:host:<hostname>`` URI of this host's certificate

@@ -35,9 +35,11 @@ def _utcnow():
 def write_private(path, data):
     """Write a secret with mode 0600 from the start (no window at 0644)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # The mode above only applies to a new file: tighten an existing one
+    # before a byte of the secret is written.
+    os.fchmod(fd, 0o600)
     with os.fdopen(fd, 'wb') as f:
         f.write(data)
-    os.chmod(path, 0o600)
 
 
 def write_public(path, data):

@@ -23,9 +23,10 @@ from secmig_nova.trust import errors
 ROLES = ('host', 'broker')
 URN_PREFIX = 'urn:secmig:'
 _NAME_RE = r'[A-Za-z0-9][A-Za-z0-9._-]{0,62}'
+# \Z, not $: $ also matches before a trailing newline.
 _URN_RE = re.compile(r'^urn:secmig:(?P<cloud>%s):(?P<role>host|broker):'
-                     r'(?P<name>%s)$' % (_NAME_RE, _NAME_RE))
-CLOUD_ID_RE = re.compile('^%s$' % _NAME_RE)
+                     r'(?P<name>%s)\Z' % (_NAME_RE, _NAME_RE))
+CLOUD_ID_RE = re.compile(r'^%s\Z' % _NAME_RE)
 
 
 @dataclasses.dataclass(frozen=True)

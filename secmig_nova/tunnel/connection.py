@@ -526,9 +526,10 @@ class Connection:
             raise errors.TunnelError('receipt_invalid',
                                      '%s receipt refused: %s' % (role, e))
         expected = self._receipt_claims(role)
-        for name in ('role', 'migration_id', 'grant_jti', 'stream_kind',
-                     'connection_index', 'src_to_dst', 'dst_to_src',
-                     'src_fingerprint', 'dst_fingerprint'):
+        for name in ('role', 'migration_id', 'instance_uuid', 'grant_jti',
+                     'stream_kind', 'connection_index', 'src_to_dst',
+                     'dst_to_src', 'src_fingerprint', 'dst_fingerprint',
+                     'src_cloud', 'dst_cloud'):
             if claims.get(name) != expected[name]:
                 raise errors.TunnelError(
                     'totals_mismatch' if name in ('src_to_dst', 'dst_to_src')

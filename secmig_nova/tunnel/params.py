@@ -90,7 +90,8 @@ def _trust(obj, name):
     if not isinstance(ca_file, str) or not os.path.isfile(ca_file):
         raise _invalid('%s.ca_file %r is not a readable file', name, ca_file)
     crl_file = obj.get('crl_file')
-    if crl_file is not None and not os.path.isfile(crl_file):
+    if crl_file is not None and (not isinstance(crl_file, str)
+                                 or not os.path.isfile(crl_file)):
         raise _invalid('%s.crl_file %r is not a readable file', name,
                        crl_file)
     return TrustParams(cloud_id, ca_file, crl_file)
@@ -141,14 +142,20 @@ def from_dict(obj, environ=None):
             raise _invalid('a source tunnel needs the grant')
         params.grant = obj['grant']
     if 'socket_mode' in obj:
+        mode = obj['socket_mode']
         try:
-            params.socket_mode = int(str(obj['socket_mode']), 8)
+            if not isinstance(mode, str):
+                raise ValueError(mode)
+            params.socket_mode = int(mode, 8)
         except ValueError:
-            raise _invalid('socket_mode must be an octal string')
+            raise _invalid('socket_mode must be an octal string like "0660"')
+        if not 0 <= params.socket_mode <= 0o777:
+            raise _invalid('socket_mode %s is outside 0000..0777', mode)
     if 'expect_connections' in obj and obj['expect_connections'] is not None:
         exp = obj['expect_connections']
         if (not isinstance(exp, dict) or not set(exp) <= set(KINDS) or
-                not all(isinstance(n, int) and n > 0 for n in exp.values())):
+                not all(isinstance(n, int) and not isinstance(n, bool)
+                        and 0 < n <= 64 for n in exp.values())):
             raise _invalid('expect_connections must map kinds to counts')
         params.expect_connections = dict(exp)
     if params.tls_cipher not in ('aes-256-gcm', 'aes-128-gcm'):
@@ -157,6 +164,13 @@ def from_dict(obj, environ=None):
         raise _invalid('ecdh_curve must be prime256v1 or secp384r1')
     if params.checkpoint_bytes < 64 * 1024:
         raise _invalid('checkpoint_bytes must be at least 65536')
+    for name in ('handshake_timeout', 'idle_timeout', 'deadline'):
+        if getattr(params, name) <= 0:
+            raise _invalid('%s must be positive', name)
+    for name in ('local_endpoint_timeout', 'max_clock_skew',
+                 'termination_grace'):
+        if getattr(params, name) < 0:
+            raise _invalid('%s must not be negative', name)
     if not 4096 <= params.chunk_size <= 1 << 20:
         raise _invalid('chunk_size must be within 4096..1048576')
     if not 0 < params.port_min <= params.port_max < 65536:

@@ -1,0 +1,493 @@
+"""Unit tests of the connection pump's state machine (tunnel.connection).
+
+tests/functional/test_tunnel.py runs whole tunnels between processes; here
+the frame handlers are driven directly, in-process, to reach the states a
+well-behaved peer never produces: each frame that is not allowed in the
+current state, and each mismatch of digests, totals and receipts, must be
+refused with its named reason. The TLS and QEMU sockets are mocks: the
+handlers only queue frames (``tls_out``) and deliver DATA to ``local``.
+"""
+
+import hashlib
+import time
+from unittest import mock
+
+import testtools
+
+from secmig_nova.authz import tokens
+from secmig_nova.trust import store as trust_store
+from secmig_nova.tunnel import connection
+from secmig_nova.tunnel import errors
+from secmig_nova.tunnel import frames
+from tests.fixtures import pki as pki_fixture
+
+CHECKPOINT_BYTES = 64 * 1024
+CHUNK = 4096
+State = connection.State
+
+
+def payload(frame):
+    """The payload of one whole frame, as the handlers get it."""
+    return bytes(frame)[frames.HEADER_SIZE:]
+
+
+def checkpoint(offset, digest, final=False):
+    return payload(frames.push_checkpoint(frames.Checkpoint(
+        offset=offset, digest=digest, final=final)))
+
+
+def ack(offset, digest, **kwargs):
+    return payload(frames.push_ack(frames.Ack(offset=offset, digest=digest,
+                                              **kwargs)))
+
+
+def sha(data):
+    return hashlib.sha256(data).digest()
+
+
+class DirectionTest(testtools.TestCase):
+
+    def test_empty(self):
+        d = connection.Direction()
+        self.assertEqual({'bytes': 0, 'sha256': hashlib.sha256().hexdigest()},
+                         d.totals())
+
+    def test_running_digest(self):
+        d = connection.Direction()
+        d.update(b'abc')
+        self.assertEqual(sha(b'abc'), d.digest())
+        # digest() must not finalise the running hash.
+        self.assertEqual(sha(b'abc'), d.digest())
+        d.update(memoryview(b'defg'))
+        self.assertEqual(sha(b'abcdefg'), d.digest())
+        self.assertEqual({'bytes': 7, 'sha256': sha(b'abcdefg').hex()},
+                         d.totals())
+
+
+class ConnectionTestBase(testtools.TestCase):
+    """A source (host-a) and a destination (host-b) of one migration."""
+
+    def setUp(self):
+        super().setUp()
+        self.pki = pki_fixture.get()
+        self.store_a = trust_store.TrustStore.load(**self.pki.a.trust())
+        self.store_b = trust_store.TrustStore.load(**self.pki.b.trust())
+        self.grant = tokens.verify_grant(self.pki.grant('192.0.2.10:49400'),
+                                         self.store_b)
+        self.info = {
+            'migration_id': 'mig-1', 'kind': 'memory', 'index': 0,
+            'grant': self.grant, 'tls_version': 'TLSv1.3',
+            'tls_cipher': 'TLS_AES_256_GCM_SHA384',
+            'src_fingerprint': self.pki.fingerprint(self.pki.a, 'host-a'),
+            'dst_fingerprint': self.pki.fingerprint(self.pki.b, 'host-b'),
+        }
+        self.src = self.connection('source')
+        self.dst = self.connection('destination')
+
+    def connection(self, side):
+        if side == 'source':
+            credentials = self.pki.a.credentials('host-a')
+            peer_store = self.store_b
+        else:
+            credentials = self.pki.b.credentials('host-b')
+            peer_store = self.store_a
+        local = mock.Mock()
+        local.send.side_effect = len
+        return connection.Connection(
+            side, mock.Mock(), local, dict(self.info), credentials,
+            peer_store, mock.Mock(), CHECKPOINT_BYTES, CHUNK, 10.0,
+            clock=time.time)
+
+    def assertTunnelError(self, reason, handler, data):
+        e = self.assertRaises(errors.TunnelError, handler, data)
+        self.assertEqual(reason, e.reason, str(e))
+        return e
+
+    def sent(self, conn):
+        """Take the frames ``conn`` queued for the peer."""
+        decoder = frames.FrameDecoder()
+        while conn.tls_out:
+            decoder.feed(bytes(conn.tls_out.popleft()))
+        return [(ftype, bytes(data)) for ftype, data in decoder.frames()]
+
+    def relay(self, sender, receiver):
+        """Deliver what ``sender`` queued to ``receiver``'s dispatch."""
+        for ftype, data in self.sent(sender):
+            receiver._dispatch_frame(ftype, data)
+
+    def stream(self, conn, data):
+        """``conn`` read ``data`` from its QEMU and sent it as DATA."""
+        conn.tx.update(data)
+        conn._queue(frames.push_data(data))
+
+    def close_source(self):
+        """Source EOF: CHECKPOINT FINAL queued, state FIN_SENT."""
+        self.src._on_local_eof()
+        self.assertIs(State.FIN_SENT, self.src.state)
+
+    def run_to_end_sent(self, forward=b'f' * 1000, backward=b'b' * 300):
+        """Stream both ways and close until the source sent END."""
+        self.stream(self.src, forward)
+        self.stream(self.dst, backward)
+        self.relay(self.dst, self.src)
+        self.close_source()
+        self.relay(self.src, self.dst)
+        self.assertIs(State.FIN_RECEIVED, self.dst.state)
+        self.relay(self.dst, self.src)
+        self.assertIs(State.END_SENT, self.src.state)
+
+    def destination_receipt_claims(self):
+        claims = self.src._receipt_claims('destination')
+        claims['source_receipt_sha256'] = tokens.token_digest(
+            self.src.source_receipt)
+        return claims
+
+    def receipt_payload(self, claims, host='host-b', cloud=None):
+        cloud = cloud or self.pki.b
+        token = tokens.sign_receipt(cloud.credentials(host), claims)
+        return payload(frames.push_receipt(token))
+
+
+class ClosingExchangeTest(ConnectionTestBase):
+    """The whole closing exchange in-process, as a baseline."""
+
+    def test_complete(self):
+        self.run_to_end_sent()
+        self.relay(self.src, self.dst)       # END
+        self.assertIs(State.CLOSING, self.dst.state)
+        self.relay(self.dst, self.src)       # RECEIPT
+        self.assertIs(State.CLOSING, self.src.state)
+        self.assertEqual(self.src.source_receipt, self.dst.source_receipt)
+        self.assertEqual(self.src.destination_receipt,
+                         self.dst.destination_receipt)
+        claims, _peer = tokens.verify_receipt(self.src.destination_receipt,
+                                              self.store_b)
+        self.assertEqual({'bytes': 1000, 'sha256': sha(b'f' * 1000).hex()},
+                         claims['src_to_dst'])
+        self.assertEqual({'bytes': 300, 'sha256': sha(b'b' * 300).hex()},
+                         claims['dst_to_src'])
+        self.assertEqual(tokens.token_digest(self.src.source_receipt),
+                         claims['source_receipt_sha256'])
+        self.assertEqual(self.src.result()['src_to_dst'],
+                         self.dst.result()['src_to_dst'])
+        self.assertEqual(self.src.result()['dst_to_src'],
+                         self.dst.result()['dst_to_src'])
+
+    def test_data_delivered_to_local(self):
+        self.stream(self.src, b'hello')
+        self.relay(self.src, self.dst)
+        self.dst.local.send.assert_called_once_with(mock.ANY)
+        self.assertEqual(b'hello', bytes(self.dst.local.send.call_args[0][0]))
+        self.assertEqual(5, self.dst.rx.bytes)
+
+    def test_checkpoint_acknowledged(self):
+        self.stream(self.src, b'x' * 100)
+        self.src._send_checkpoint(final=False)
+        self.relay(self.src, self.dst)
+        self.assertEqual([(frames.FrameType.ACK, ack(100, sha(b'x' * 100)))],
+                         self.sent(self.dst))
+
+    def test_final_ack_carries_reverse_totals(self):
+        self.stream(self.dst, b'r' * 10)
+        self.relay(self.dst, self.src)
+        self.close_source()
+        self.relay(self.src, self.dst)
+        (ftype, data), = self.sent(self.dst)
+        self.assertEqual(frames.FrameType.ACK, ftype)
+        self.assertEqual(frames.Ack(offset=0, digest=sha(b''), final=True,
+                                    rev_bytes=10, rev_digest=sha(b'r' * 10)),
+                         frames.pull_ack(data))
+        self.assertTrue(self.dst.local_eof)
+
+
+class SourceRefusalTest(ConnectionTestBase):
+
+    def test_ack_without_checkpoint(self):
+        self.assertTunnelError('unexpected_frame', self.src._on_ack,
+                               ack(0, sha(b'')))
+
+    def test_ack_digest_mismatch(self):
+        self.stream(self.src, b'x' * 100)
+        self.src._send_checkpoint(final=False)
+        self.assertTunnelError('checkpoint_mismatch', self.src._on_ack,
+                               ack(100, sha(b'y' * 100)))
+
+    def test_ack_offset_mismatch(self):
+        self.stream(self.src, b'x' * 100)
+        self.src._send_checkpoint(final=False)
+        self.assertTunnelError('checkpoint_mismatch', self.src._on_ack,
+                               ack(99, sha(b'x' * 100)))
+
+    def test_ack_matching(self):
+        self.stream(self.src, b'x' * 100)
+        self.src._send_checkpoint(final=False)
+        self.src._on_ack(ack(100, sha(b'x' * 100)))
+        self.assertEqual(0, len(self.src.pending_checkpoints))
+        self.assertIs(State.STREAMING, self.src.state)
+
+    def test_final_ack_for_plain_checkpoint(self):
+        self.src._send_checkpoint(final=False)
+        self.assertTunnelError(
+            'unexpected_frame', self.src._on_ack,
+            ack(0, sha(b''), final=True, rev_bytes=0, rev_digest=sha(b'')))
+
+    def test_final_ack_wrong_reverse_bytes(self):
+        self.stream(self.src, b'x' * 100)
+        self.src.rx.update(b'r' * 10)
+        self.close_source()
+        self.assertTunnelError(
+            'totals_mismatch', self.src._on_ack,
+            ack(100, sha(b'x' * 100), final=True, rev_bytes=11,
+                rev_digest=sha(b'r' * 10)))
+        self.assertIsNone(self.src.source_receipt)
+
+    def test_final_ack_wrong_reverse_digest(self):
+        self.stream(self.src, b'x' * 100)
+        self.src.rx.update(b'r' * 10)
+        self.close_source()
+        self.assertTunnelError(
+            'totals_mismatch', self.src._on_ack,
+            ack(100, sha(b'x' * 100), final=True, rev_bytes=10,
+                rev_digest=sha(b's' * 10)))
+
+    def test_final_ack_sends_end(self):
+        self.stream(self.src, b'x' * 100)
+        self.src.rx.update(b'r' * 10)
+        self.close_source()
+        self.sent(self.src)
+        self.src._on_ack(ack(100, sha(b'x' * 100), final=True, rev_bytes=10,
+                             rev_digest=sha(b'r' * 10)))
+        self.assertIs(State.END_SENT, self.src.state)
+        (ftype, data), = self.sent(self.src)
+        self.assertEqual(frames.FrameType.END, ftype)
+        self.assertEqual(self.src.source_receipt, frames.pull_end(data))
+
+    def test_final_checkpoint_at_source(self):
+        self.assertTunnelError('unexpected_frame', self.src._on_checkpoint,
+                               checkpoint(0, sha(b''), final=True))
+
+    def test_checkpoint_at_source_after_end(self):
+        self.run_to_end_sent()
+        self.assertTunnelError('unexpected_frame', self.src._on_checkpoint,
+                               checkpoint(300, sha(b'b' * 300)))
+
+    def test_checkpoint_at_source_in_fin_sent(self):
+        # The return path still streams until the destination's ACK FINAL.
+        self.close_source()
+        self.src.rx.update(b'r')
+        self.sent(self.src)
+        self.src._on_checkpoint(checkpoint(1, sha(b'r')))
+        self.assertEqual([(frames.FrameType.ACK, ack(1, sha(b'r')))],
+                         self.sent(self.src))
+
+    def test_end_at_source(self):
+        end = payload(frames.push_end('a.b.c'))
+        self.assertTunnelError('unexpected_frame', self.src._on_end, end)
+        self.close_source()
+        self.assertTunnelError('unexpected_frame', self.src._on_end, end)
+
+    def test_end_at_source_after_end(self):
+        self.run_to_end_sent()
+        self.assertTunnelError('unexpected_frame', self.src._on_end,
+                               payload(frames.push_end('a.b.c')))
+
+    def test_data_at_source_on_the_return_path(self):
+        self.src._on_data(b'return path')
+        self.close_source()
+        self.src._on_data(b'still return path')
+        self.assertEqual(28, self.src.rx.bytes)
+
+    def test_data_at_source_after_end(self):
+        self.run_to_end_sent()
+        self.assertTunnelError('unexpected_frame', self.src._on_data, b'x')
+
+    def test_receipt_before_end(self):
+        self.close_source()
+        self.assertTunnelError(
+            'unexpected_frame', self.src._on_receipt,
+            payload(frames.push_receipt('a.b.c')))
+
+    def test_receipt_wrong_forward_totals(self):
+        self.run_to_end_sent()
+        claims = self.destination_receipt_claims()
+        claims['src_to_dst'] = {'bytes': 999,
+                                'sha256': sha(b'f' * 999).hex()}
+        self.assertTunnelError('totals_mismatch', self.src._on_receipt,
+                               self.receipt_payload(claims))
+        self.assertIs(State.END_SENT, self.src.state)
+
+    def test_receipt_wrong_reverse_totals(self):
+        self.run_to_end_sent()
+        claims = self.destination_receipt_claims()
+        claims['dst_to_src'] = {'bytes': 300,
+                                'sha256': sha(b'c' * 300).hex()}
+        self.assertTunnelError('totals_mismatch', self.src._on_receipt,
+                               self.receipt_payload(claims))
+
+    def test_receipt_not_referencing_our_end(self):
+        self.run_to_end_sent()
+        claims = self.destination_receipt_claims()
+        claims['source_receipt_sha256'] = tokens.token_digest('x.y.z')
+        self.assertTunnelError('receipt_invalid', self.src._on_receipt,
+                               self.receipt_payload(claims))
+        del claims['source_receipt_sha256']
+        self.assertTunnelError('receipt_invalid', self.src._on_receipt,
+                               self.receipt_payload(claims))
+
+    def test_receipt_matching(self):
+        self.run_to_end_sent()
+        data = self.receipt_payload(self.destination_receipt_claims())
+        self.src._on_receipt(data)
+        self.assertIs(State.CLOSING, self.src.state)
+
+    def test_receipt_signed_by_another_host(self):
+        # A valid host of the destination cloud, but not the pinned one.
+        self.run_to_end_sent()
+        claims = self.destination_receipt_claims()
+        self.assertTunnelError('receipt_invalid', self.src._on_receipt,
+                               self.receipt_payload(claims, host='host-b2'))
+
+    def test_receipt_claims_checked(self):
+        self.run_to_end_sent()
+        for name, value in (('role', 'source'), ('migration_id', 'mig-2'),
+                            ('grant_jti', 'other'),
+                            ('stream_kind', 'disk'),
+                            ('connection_index', 1),
+                            ('src_fingerprint', '0' * 64),
+                            ('dst_fingerprint', '0' * 64)):
+            claims = self.destination_receipt_claims()
+            claims[name] = value
+            self.assertTunnelError('receipt_invalid', self.src._on_receipt,
+                                   self.receipt_payload(claims))
+
+    def test_receipt_identifying_claims_checked(self):
+        # The two receipts of a connection are evidence kept together: the
+        # destination's must name the same instance and clouds as ours.
+        self.run_to_end_sent()
+        for name, value in (('instance_uuid',
+                             '6a1f5d7e-0000-4000-8000-0000000000ff'),
+                            ('src_cloud', 'cloud-x'),
+                            ('dst_cloud', 'cloud-x')):
+            claims = self.destination_receipt_claims()
+            claims[name] = value
+            self.assertTunnelError('receipt_invalid', self.src._on_receipt,
+                                   self.receipt_payload(claims))
+
+    def test_receipt_garbage(self):
+        self.run_to_end_sent()
+        self.assertTunnelError('receipt_invalid', self.src._on_receipt,
+                               payload(frames.push_receipt('a.b.c')))
+
+
+class DestinationRefusalTest(ConnectionTestBase):
+
+    def test_checkpoint_digest_mismatch(self):
+        self.dst._on_data(b'x' * 100)
+        self.assertTunnelError('checkpoint_mismatch', self.dst._on_checkpoint,
+                               checkpoint(100, sha(b'y' * 100)))
+
+    def test_checkpoint_offset_mismatch(self):
+        self.dst._on_data(b'x' * 100)
+        self.assertTunnelError('checkpoint_mismatch', self.dst._on_checkpoint,
+                               checkpoint(101, sha(b'x' * 100)))
+
+    def test_final_checkpoint_mismatch(self):
+        self.dst._on_data(b'x' * 100)
+        self.assertTunnelError('checkpoint_mismatch', self.dst._on_checkpoint,
+                               checkpoint(100, sha(b'y' * 100), final=True))
+        self.assertIs(State.STREAMING, self.dst.state)
+
+    def test_data_after_final(self):
+        self.dst._on_checkpoint(checkpoint(0, sha(b''), final=True))
+        self.assertIs(State.FIN_RECEIVED, self.dst.state)
+        self.assertTunnelError('unexpected_frame', self.dst._on_data, b'x')
+        self.assertEqual(0, self.dst.rx.bytes)
+
+    def test_checkpoint_after_final(self):
+        self.dst._on_checkpoint(checkpoint(0, sha(b''), final=True))
+        for final in (False, True):
+            self.assertTunnelError('unexpected_frame',
+                                   self.dst._on_checkpoint,
+                                   checkpoint(0, sha(b''), final=final))
+
+    def test_end_before_final(self):
+        self.assertTunnelError('unexpected_frame', self.dst._on_end,
+                               payload(frames.push_end('a.b.c')))
+
+    def test_receipt_at_destination(self):
+        self.dst._on_checkpoint(checkpoint(0, sha(b''), final=True))
+        self.assertTunnelError('unexpected_frame', self.dst._on_receipt,
+                               payload(frames.push_receipt('a.b.c')))
+
+    def test_final_ack_at_destination(self):
+        # The destination never sends CHECKPOINT FINAL.
+        self.dst._send_checkpoint(final=False)
+        self.assertTunnelError(
+            'unexpected_frame', self.dst._on_ack,
+            ack(0, sha(b''), final=True, rev_bytes=0, rev_digest=sha(b'')))
+
+    def _end_payload(self, **changes):
+        self.run_to_end_sent()
+        claims = self.src._receipt_claims('source')
+        claims.update(changes)
+        token = tokens.sign_receipt(self.pki.a.credentials('host-a'), claims)
+        return payload(frames.push_end(token))
+
+    def test_end_wrong_totals(self):
+        data = self._end_payload(src_to_dst={'bytes': 1, 'sha256': '00'})
+        self.assertTunnelError('totals_mismatch', self.dst._on_end, data)
+        self.assertIsNone(self.dst.destination_receipt)
+
+    def test_end_wrong_reverse_totals(self):
+        data = self._end_payload(dst_to_src={'bytes': 301,
+                                             'sha256': sha(b'b' * 300).hex()})
+        self.assertTunnelError('totals_mismatch', self.dst._on_end, data)
+
+    def test_end_wrong_role(self):
+        data = self._end_payload(role='destination')
+        self.assertTunnelError('receipt_invalid', self.dst._on_end, data)
+
+    def test_end_signed_by_another_host(self):
+        self.run_to_end_sent()
+        token = tokens.sign_receipt(self.pki.a.credentials('host-a2'),
+                                    self.src._receipt_claims('source'))
+        self.assertTunnelError('receipt_invalid', self.dst._on_end,
+                               payload(frames.push_end(token)))
+
+    def test_end_matching(self):
+        self.dst._on_end(self._end_payload())
+        self.assertIs(State.CLOSING, self.dst.state)
+        (ftype, data), = self.sent(self.dst)
+        self.assertEqual(frames.FrameType.RECEIPT, ftype)
+        self.assertEqual(self.dst.destination_receipt,
+                         frames.pull_receipt(data))
+
+
+class DispatchTest(ConnectionTestBase):
+
+    def test_handshake_frames_refused(self):
+        hello_ok = frames.push_hello_ok(frames.HelloOk(1, 0))
+        for conn in (self.src, self.dst):
+            e = self.assertRaises(errors.TunnelError, conn._dispatch_frame,
+                                  frames.FrameType.HELLO_OK,
+                                  payload(hello_ok))
+            self.assertEqual('unexpected_frame', e.reason)
+            e = self.assertRaises(errors.TunnelError, conn._dispatch_frame,
+                                  frames.FrameType.HELLO, b'\x00' * 8)
+            self.assertEqual('unexpected_frame', e.reason)
+
+    def test_abort_from_peer(self):
+        abort = frames.push_abort(frames.Abort(
+            frames.AbortCode.CHECKPOINT_MISMATCH, 'digest differs'))
+        e = self.assertRaises(errors.TunnelError, self.src._dispatch_frame,
+                              frames.FrameType.ABORT, payload(abort))
+        self.assertEqual('checkpoint_mismatch', e.reason)
+        self.assertFalse(e.notify_peer)
+        self.assertIn('digest differs', str(e))
+
+    def test_dispatch_table_covers_post_handshake_frames(self):
+        self.assertEqual(
+            {frames.FrameType.DATA, frames.FrameType.CHECKPOINT,
+             frames.FrameType.ACK, frames.FrameType.END,
+             frames.FrameType.RECEIPT, frames.FrameType.ABORT},
+            set(self.src._dispatch))
