@@ -121,9 +121,17 @@ grants and tickets.
 ALL_OPTS = identity_opts + tunnel_opts
 
 
+def _group(template):
+    # A fresh OptGroup per ConfigOpts: an OptGroup holds per-option state
+    # (overrides), so sharing the module's one would leak overrides
+    # between configuration objects.
+    return cfg.OptGroup(template.name, title=template.title,
+                        help=template.help)
+
+
 def register_opts(conf):
-    conf.register_group(secmig_group)
-    conf.register_opts(ALL_OPTS, group=secmig_group)
+    conf.register_group(_group(secmig_group))
+    conf.register_opts(ALL_OPTS, group=GROUP_NAME)
 
 
 def list_opts():

@@ -117,6 +117,25 @@ class Database:
                 setattr(record, name, value)
         return self.get_migration(migration_id)
 
+    def admission_counts(self, now, window, **where):
+        """Admission counts of destination-side migrations.
+
+        :returns: (in flight, granted within the last ``window`` seconds)
+            of the migrations matching ``where`` (e.g. ``project_id=x``).
+        """
+        cols = models.Migration
+        base = [cols.side == 'destination']
+        base += [getattr(cols, name) == value
+                 for name, value in where.items()]
+        with self.reader() as session:
+            active = session.scalar(sa.select(sa.func.count()).where(
+                *base, cols.state.in_((models.GRANTED,
+                                       models.TRANSFERRING)),
+                sa.or_(cols.expires_at.is_(None), cols.expires_at > now)))
+            recent = session.scalar(sa.select(sa.func.count()).where(
+                *base, cols.granted_at >= now - window))
+        return active, recent
+
     # -- receipts --------------------------------------------------------
 
     def add_receipt(self, migration_id, role, stream_kind, connection_index,

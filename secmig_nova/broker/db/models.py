@@ -51,6 +51,7 @@ class Migration(Base):
     created_at = sa.Column(sa.Float, nullable=False)
     updated_at = sa.Column(sa.Float, nullable=False)
     expires_at = sa.Column(sa.Float)
+    granted_at = sa.Column(sa.Float, index=True)
 
 
 class ReplayEntry(Base):

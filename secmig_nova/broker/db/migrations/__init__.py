@@ -1,1 +1,1 @@
-"""Alembic migrations of the broker database (``secmig-nova-manage db sync``)."""
+"""Alembic migrations of the broker database (db sync)."""

@@ -38,6 +38,7 @@ def upgrade():
         sa.Column('created_at', sa.Float, nullable=False),
         sa.Column('updated_at', sa.Float, nullable=False),
         sa.Column('expires_at', sa.Float),
+        sa.Column('granted_at', sa.Float, index=True),
     )
     op.create_table(
         'secmig_replay',
