@@ -216,18 +216,25 @@ class BrokerManager:
         self._require(payload, 'migration_id', 'ticket')
         mid = payload['migration_id']
         try:
-            record = self.db.get_migration(mid)
+            record = self.db.get_migration(mid, 'source')
         except db_api.NotFound:
             raise Refused('not_authorized', 'migration %s was not '
                           'authorized here' % mid)
-        if record['side'] != 'source' or \
-                record['state'] != models.AUTHORIZED:
-            raise Refused('bad_state', 'migration %s is %s/%s, not an '
+        if record['state'] != models.AUTHORIZED:
+            raise Refused('bad_state', 'migration %s is %s, not an '
                           'authorized source migration'
-                          % (mid, record['side'], record['state']))
+                          % (mid, record['state']))
         if host.fingerprint != record['src_fingerprint']:
             raise Refused('wrong_host', 'migration %s was authorized for '
                           'another source host' % mid)
+        try:
+            ticket_jti = tokens.unverified_claims(payload['ticket']).get(
+                'jti')
+        except tokens.TokenError as e:
+            raise Refused(e.reason, 'ticket unreadable: %s' % e)
+        if ticket_jti != record['ticket_jti']:
+            raise Refused('ticket_mismatch', 'the ticket is not the one '
+                          'issued for migration %s' % mid)
         streams = payload.get('streams') or {'memory': 1}
         sealed = envelope.seal(
             self.credentials, record['dst_cloud'], 'forward_grant',
@@ -241,14 +248,15 @@ class BrokerManager:
         else:
             answer = self._forward_to_peer(record['dst_cloud'], sealed)
         if 'error' in answer:
-            self.db.transition(mid, models.FAILED, reason='%s: %s' % (
-                answer['error'], answer.get('message')))
+            self.db.transition(
+                mid, 'source', models.FAILED,
+                reason='%s: %s' % (answer['error'], answer.get('message')))
             raise Refused(answer['error'], 'destination cloud %s refused: '
                           '%s' % (record['dst_cloud'],
                                   answer.get('message')))
         grant = self._check_grant(answer.get('grant'), record)
         self.db.transition(
-            mid, models.GRANTED, grant_jti=grant.jti,
+            mid, 'source', models.GRANTED, grant_jti=grant.jti,
             dst_fingerprint=grant.dst_fingerprint,
             dst_endpoint=grant.dst_endpoint, streams=grant.streams,
             reason='grant %s from %s' % (grant.jti, grant.dst_cloud))
@@ -350,7 +358,8 @@ class BrokerManager:
             ttl=self.grant_ttl, now=self.clock())
         grant_claims = tokens.unverified_claims(grant)
         self.db.transition(
-            mid, models.GRANTED, project_id=ticket.project_id,
+            mid, 'destination', models.GRANTED,
+            project_id=ticket.project_id,
             user_id=ticket.user_id, src_cloud=src_cloud,
             src_host=payload['src_host'],
             src_fingerprint=payload['src_fingerprint'],
@@ -379,14 +388,13 @@ class BrokerManager:
 
     def _registration(self, mid, ticket):
         try:
-            record = self.db.get_migration(mid)
+            record = self.db.get_migration(mid, 'destination')
         except db_api.NotFound:
             raise Refused('not_registered', 'no destination tunnel is '
                           'registered for migration %s' % mid)
-        if record['side'] != 'destination' or \
-                record['state'] != models.REQUESTED:
-            raise Refused('bad_state', 'migration %s is %s/%s here'
-                          % (mid, record['side'], record['state']))
+        if record['state'] != models.REQUESTED:
+            raise Refused('bad_state', 'destination migration %s is %s'
+                          % (mid, record['state']))
         if record['expires_at'] and record['expires_at'] < self.clock():
             raise Refused('not_registered', 'registration of migration %s '
                           'expired' % mid)
@@ -425,12 +433,18 @@ class BrokerManager:
                                             'host')
         self._require(payload, 'migration_id', 'status')
         mid = payload['migration_id']
-        try:
-            record = self.db.get_migration(mid)
-        except db_api.NotFound:
+        records = self.db.find_migration(mid)
+        if not records:
             raise Refused('not_found', 'no migration %s' % mid)
-        if host.fingerprint not in (record['src_fingerprint'],
-                                    record['dst_fingerprint']):
+        # The reporting host's own record: the source record for the
+        # source host, the destination record for the destination host.
+        record = None
+        for side, key in (('source', 'src_fingerprint'),
+                          ('destination', 'dst_fingerprint')):
+            if side in records and records[side][key] == host.fingerprint:
+                record = records[side]
+                break
+        if record is None:
             raise Refused('wrong_host', '%s is neither host of migration %s'
                           % (host.identity.urn, mid))
         stored = 0
@@ -444,12 +458,12 @@ class BrokerManager:
                           'verified receipts')
         if record['state'] not in models.FINAL_STATES:
             try:
-                self.db.transition(mid, new_state,
+                self.db.transition(mid, record['side'], new_state,
                                    reason=payload.get('reason') or status)
             except db_api.InvalidTransition as e:
                 raise Refused('bad_state', str(e))
         return {'migration_id': mid, 'receipts_stored': stored,
-                'state': self.db.get_migration(mid)['state']}
+                'state': self.db.get_migration(mid, record['side'])['state']}
 
     def _store_receipts(self, record, conn):
         stores = self._stores()
@@ -486,13 +500,12 @@ class BrokerManager:
         payload, _claims, _host = self._open(envelope_token,
                                              'get_migration', 'host')
         self._require(payload, 'migration_id')
-        try:
-            record = self.db.get_migration(payload['migration_id'])
-        except db_api.NotFound:
+        records = self.db.find_migration(payload['migration_id'])
+        if not records:
             raise Refused('not_found', 'no migration %s'
                           % payload['migration_id'])
-        record['receipts'] = self.db.receipts(record['id'])
-        return record
+        return {'migration_id': payload['migration_id'], 'records': records,
+                'receipts': self.db.receipts(payload['migration_id'])}
 
     @_answer
     def list_migrations(self, ctxt, envelope_token):

@@ -6,6 +6,8 @@
     secmig-nova-manage ca revoke CERT --dir DIR
     secmig-nova-manage ca crl    --dir DIR [--days N]
     secmig-nova-manage ca show   CERT [--ca-file CA --cloud-id ID]
+    secmig-nova-manage db sync   [--config-file F ...] [--connection URL]
+    secmig-nova-manage db version [--config-file F ...] [--connection URL]
 
 The ``ca`` commands run a small cloud CA in a directory, for labs, tests and
 devstack: ECDSA P-256 keys written with mode 0600, certificates with the
@@ -15,6 +17,8 @@ success, 1 on a refused or failed command, 2 on usage errors.
 
 import argparse
 import sys
+
+import sqlalchemy.exc
 
 from secmig_nova.trust import ca
 from secmig_nova.trust import certs
@@ -79,6 +83,29 @@ def _ca_show(args):
     return 0
 
 
+def _db_url(args):
+    if args.connection:
+        return args.connection
+    import secmig_nova.conf
+    conf = secmig_nova.conf.CONF
+    conf([], project='secmig-nova', default_config_files=args.config_file)
+    return conf.secmig_broker.database_connection
+
+
+def _db_sync(args):
+    from secmig_nova.broker.db import migration
+    url = _db_url(args)
+    migration.sync(url)
+    print('broker database at revision %s' % migration.version(url))
+    return 0
+
+
+def _db_version(args):
+    from secmig_nova.broker.db import migration
+    print(migration.version(_db_url(args)) or 'empty (run db sync)')
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog='secmig-nova-manage',
@@ -124,6 +151,19 @@ def build_parser():
     p.add_argument('--crl-file')
     p.add_argument('--cloud-id')
     p.set_defaults(func=_ca_show)
+
+    db_parser = sub.add_parser('db', help='the broker database')
+    db_sub = db_parser.add_subparsers(dest='db_command', required=True)
+    for name, func, text in (
+            ('sync', _db_sync, 'create or upgrade the broker database'),
+            ('version', _db_version, 'print the schema revision')):
+        p = db_sub.add_parser(name, help=text)
+        p.add_argument('--config-file', action='append', default=[],
+                       help='configuration with [secmig_broker] '
+                            'database_connection')
+        p.add_argument('--connection', help='SQLAlchemy URL (overrides '
+                       'the configuration)')
+        p.set_defaults(func=func)
     return parser
 
 
@@ -132,7 +172,7 @@ def main(argv=None):
     try:
         return args.func(args)
     except (trust_errors.TrustError, FileExistsError, OSError,
-            ValueError) as e:
+            ValueError, ImportError, sqlalchemy.exc.SQLAlchemyError) as e:
         print('secmig-nova-manage: %s' % e, file=sys.stderr)
         return 1
 

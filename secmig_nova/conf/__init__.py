@@ -2,8 +2,12 @@
 
 from oslo_config import cfg
 
+from secmig_nova.conf import broker
+from secmig_nova.conf import keystone
 from secmig_nova.conf import secmig
 
 CONF = cfg.CONF
 
 secmig.register_opts(CONF)
+keystone.register_opts(CONF)
+broker.register_opts(CONF)

@@ -5,6 +5,8 @@ import importlib
 
 _MODULES = (
     'secmig',
+    'keystone',
+    'broker',
 )
 
 

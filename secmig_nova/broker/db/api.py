@@ -76,14 +76,21 @@ class Database:
                 session.add(record)
         except db_exc.DBDuplicateEntry:
             raise InvalidTransition(migration_id, 'existing', state)
-        return self.get_migration(migration_id)
+        return self.get_migration(migration_id, side)
 
-    def get_migration(self, migration_id):
+    def get_migration(self, migration_id, side):
         with self.reader() as session:
-            record = session.get(models.Migration, migration_id)
+            record = session.get(models.Migration, (migration_id, side))
             if record is None:
-                raise NotFound('no migration %s' % migration_id)
+                raise NotFound('no %s migration %s' % (side, migration_id))
             return _as_dict(record)
+
+    def find_migration(self, migration_id):
+        """Both sides' records of a migration: ``{side: record}``."""
+        with self.reader() as session:
+            query = sa.select(models.Migration).where(
+                models.Migration.id == migration_id)
+            return {r.side: _as_dict(r) for r in session.scalars(query)}
 
     def list_migrations(self, project_id=None, state=None, limit=100):
         with self.reader() as session:
@@ -95,16 +102,17 @@ class Database:
                 query = query.where(models.Migration.state == state)
             return [_as_dict(r) for r in session.scalars(query)]
 
-    def transition(self, migration_id, new_state, reason=None, **fields):
+    def transition(self, migration_id, side, new_state, reason=None,
+                   **fields):
         """Move a migration to ``new_state`` if the state machine allows."""
         if new_state not in models.STATES:
             raise ValueError('unknown state %r' % new_state)
         now = self._clock()
         with self.writer() as session:
-            record = session.get(models.Migration, migration_id,
+            record = session.get(models.Migration, (migration_id, side),
                                  with_for_update=True)
             if record is None:
-                raise NotFound('no migration %s' % migration_id)
+                raise NotFound('no %s migration %s' % (side, migration_id))
             if new_state not in models.TRANSITIONS.get(record.state, ()):
                 raise InvalidTransition(migration_id, record.state,
                                         new_state)
@@ -115,7 +123,7 @@ class Database:
                 {'state': new_state, 'at': now, 'reason': reason}]
             for name, value in fields.items():
                 setattr(record, name, value)
-        return self.get_migration(migration_id)
+        return self.get_migration(migration_id, side)
 
     def admission_counts(self, now, window, **where):
         """Admission counts of destination-side migrations.

@@ -33,6 +33,9 @@ def sync(connection_url, revision='head'):
 
 def version(connection_url):
     """The current revision, or None for an empty database."""
+    if connection_url.startswith('sqlite:///') and not os.path.exists(
+            connection_url[len('sqlite:///'):]):
+        return None
     engine = sa.create_engine(connection_url)
     try:
         with engine.connect() as conn:

@@ -30,8 +30,9 @@ class Migration(Base):
 
     __tablename__ = 'secmig_migrations'
 
+    # An intra-cloud migration has both records in one broker's database.
     id = sa.Column(sa.String(255), primary_key=True)
-    side = sa.Column(sa.String(16), nullable=False)
+    side = sa.Column(sa.String(16), primary_key=True)
     state = sa.Column(sa.String(16), nullable=False)
     reason = sa.Column(sa.Text)
     instance_uuid = sa.Column(sa.String(36))
@@ -73,9 +74,7 @@ class Receipt(Base):
     )
 
     id = sa.Column(sa.Integer, primary_key=True, autoincrement=True)
-    migration_id = sa.Column(sa.String(255),
-                             sa.ForeignKey('secmig_migrations.id'),
-                             nullable=False, index=True)
+    migration_id = sa.Column(sa.String(255), nullable=False, index=True)
     role = sa.Column(sa.String(16), nullable=False)
     stream_kind = sa.Column(sa.String(16), nullable=False)
     connection_index = sa.Column(sa.Integer, nullable=False)

@@ -18,7 +18,7 @@ def upgrade():
     op.create_table(
         'secmig_migrations',
         sa.Column('id', sa.String(255), primary_key=True),
-        sa.Column('side', sa.String(16), nullable=False),
+        sa.Column('side', sa.String(16), primary_key=True),
         sa.Column('state', sa.String(16), nullable=False),
         sa.Column('reason', sa.Text),
         sa.Column('instance_uuid', sa.String(36)),
@@ -48,8 +48,7 @@ def upgrade():
     op.create_table(
         'secmig_receipts',
         sa.Column('id', sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column('migration_id', sa.String(255),
-                  sa.ForeignKey('secmig_migrations.id'), nullable=False,
+        sa.Column('migration_id', sa.String(255), nullable=False,
                   index=True),
         sa.Column('role', sa.String(16), nullable=False),
         sa.Column('stream_kind', sa.String(16), nullable=False),

@@ -1,0 +1,93 @@
+"""The broker database: schema migrations, state machine, replay store."""
+
+import shutil
+import tempfile
+import time
+
+from alembic.autogenerate import compare_metadata
+from alembic import migration as alembic_migration
+import sqlalchemy as sa
+import testtools
+
+from secmig_nova.broker.db import api
+from secmig_nova.broker.db import migration
+from secmig_nova.broker.db import models
+
+
+class DbTestCase(testtools.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.dir = tempfile.mkdtemp(prefix='smdb-')
+        self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
+        self.url = 'sqlite:///%s/sub/broker.sqlite' % self.dir
+
+
+class TestMigrations(DbTestCase):
+
+    def test_sync_is_idempotent_and_matches_the_models(self):
+        self.assertIsNone(migration.version(self.url.replace(
+            '/sub/', '/')))
+        migration.sync(self.url)
+        migration.sync(self.url)
+        self.assertEqual('0001', migration.version(self.url))
+        engine = sa.create_engine(self.url)
+        self.addCleanup(engine.dispose)
+        with engine.connect() as conn:
+            diff = compare_metadata(
+                alembic_migration.MigrationContext.configure(conn),
+                models.Base.metadata)
+        self.assertEqual([], diff)
+
+
+class TestDatabase(DbTestCase):
+
+    def setUp(self):
+        super().setUp()
+        migration.sync(self.url)
+        self.db = api.Database(self.url)
+        self.addCleanup(self.db.dispose)
+
+    def test_state_machine(self):
+        self.db.create_migration('m', 'source', models.AUTHORIZED)
+        self.db.transition('m', 'source', models.GRANTED)
+        self.assertRaises(api.InvalidTransition, self.db.transition, 'm',
+                          'source', models.AUTHORIZED)
+        self.db.transition('m', 'source', models.COMPLETED)
+        for state in models.STATES:
+            self.assertRaises(api.InvalidTransition, self.db.transition,
+                              'm', 'source', state)
+        record = self.db.get_migration('m', 'source')
+        self.assertEqual(['authorized', 'granted', 'completed'],
+                         [h['state'] for h in record['history']])
+
+    def test_both_sides_of_one_migration(self):
+        self.db.create_migration('m', 'source', models.AUTHORIZED)
+        self.db.create_migration('m', 'destination', models.REQUESTED)
+        self.assertEqual({'source', 'destination'},
+                         set(self.db.find_migration('m')))
+        self.assertRaises(api.InvalidTransition, self.db.create_migration,
+                          'm', 'source', models.AUTHORIZED)
+
+    def test_replay_store_is_shared_and_survives_restart(self):
+        store = api.DatabaseReplayStore(self.db)
+        self.assertTrue(store.check_and_remember('k', time.time() + 60))
+        self.assertFalse(store.check_and_remember('k', time.time() + 60))
+        other = api.DatabaseReplayStore(api.Database(self.url))
+        self.assertFalse(other.check_and_remember('k', time.time() + 60))
+
+    def test_expired_key_may_be_used_again(self):
+        now = [1000.0]
+        store = api.DatabaseReplayStore(self.db, clock=lambda: now[0])
+        self.assertTrue(store.check_and_remember('k', 1010.0))
+        now[0] = 1020.0
+        self.assertTrue(store.check_and_remember('k', 1080.0))
+
+    def test_database_unreachable_fails_closed(self):
+        from secmig_nova.authz import replay
+        broken = api.Database('sqlite:////nonexistent/dir/x.sqlite')
+        store = api.DatabaseReplayStore(broken)
+        e = self.assertRaises(replay.ReplayStoreError,
+                              store.check_and_remember, 'k',
+                              time.time() + 60)
+        self.assertEqual(replay.STORE_UNAVAILABLE, e.reason)
