@@ -18,6 +18,9 @@ from secmig_nova.broker import envelope
 
 RPC_API_VERSION = '1.0'
 DEFAULT_TOPIC = 'secmig_broker'
+# Explicit, so brokers, compute hosts and peer brokers agree whatever
+# their control_exchange setting is.
+EXCHANGE = 'secmig'
 
 
 class BrokerRefused(Exception):
@@ -41,7 +44,8 @@ class BrokerAPI:
 
     def __init__(self, transport, topic=DEFAULT_TOPIC, version_cap=None,
                  timeout=30):
-        target = messaging.Target(topic=topic, version=RPC_API_VERSION)
+        target = messaging.Target(exchange=EXCHANGE, topic=topic,
+                                  version=RPC_API_VERSION)
         self.client = messaging.get_rpc_client(
             transport, target, version_cap=version_cap or RPC_API_VERSION,
             timeout=timeout)

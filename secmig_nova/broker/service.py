@@ -66,7 +66,8 @@ def build_manager(conf, keystone_client=None, enforcer=None):
 def rpc_server(conf, endpoint, transport=None):
     """An RPC server on the broker topic; only exposed methods callable."""
     transport = transport or messaging.get_rpc_transport(conf)
-    target = messaging.Target(topic=conf.secmig_broker.topic,
+    target = messaging.Target(exchange=rpcapi.EXCHANGE,
+                              topic=conf.secmig_broker.topic,
                               server=conf.host if 'host' in conf
                               else os.uname().nodename)
     return messaging.get_rpc_server(
@@ -75,23 +76,32 @@ def rpc_server(conf, endpoint, transport=None):
 
 
 class BrokerService(service.Service):
-    """oslo.service wrapper: start and stop the RPC server."""
+    """oslo.service wrapper: start and stop the RPC server.
+
+    Transports, database engines and the RPC server are created in
+    :meth:`start`, which runs in the worker process: AMQP connections and
+    sqlite handles must not cross the launcher's fork.
+    """
 
     def __init__(self, conf):
         super().__init__()
         self.conf = conf
-        self.endpoint = build_manager(conf)
-        self.server = rpc_server(conf, self.endpoint)
+        self.endpoint = None
+        self.server = None
 
     def start(self):
         super().start()
+        self.endpoint = build_manager(self.conf)
+        self.server = rpc_server(self.conf, self.endpoint)
         self.server.start()
         LOG.info('secmig broker of cloud %s serving topic %s (peers: %s)',
                  self.conf.secmig.cloud_id, self.conf.secmig_broker.topic,
                  ', '.join(self.conf.secmig_broker.peers) or 'none')
 
     def stop(self, graceful=True):
-        self.server.stop()
-        self.server.wait()
-        self.endpoint.db.dispose()
+        if self.server is not None:
+            self.server.stop()
+            self.server.wait()
+        if self.endpoint is not None:
+            self.endpoint.db.dispose()
         super().stop(graceful)

@@ -18,25 +18,33 @@ def main(argv=None):
 
     from oslo_config import cfg
     from oslo_log import log as logging
-    import oslo_messaging as messaging
     from oslo_service import service
 
     from secmig_nova.broker import service as broker_service
     import secmig_nova.conf
+    from secmig_nova.trust import errors as trust_errors
 
     conf = secmig_nova.conf.CONF
     logging.register_options(conf)
-    messaging.set_transport_defaults('secmig')
     conf(sys.argv[1:] if argv is None else argv, project='secmig-nova',
          prog='secmig-broker')
     logging.setup(conf, 'secmig-broker')
     log = logging.getLogger('secmig_nova.cmd.broker')
     try:
-        svc = broker_service.BrokerService(conf)
-    except (ValueError, OSError, cfg.Error) as e:
+        # Fail at start-up, in the foreground, on a bad configuration
+        # (certificates, trust stores, peers) rather than in a worker.
+        broker_service.build_manager(conf).db.dispose()
+    except (ValueError, OSError, cfg.Error, trust_errors.TrustError) as e:
         log.error('secmig-broker cannot start: %s', e)
         return 1
-    launcher = service.launch(conf, svc, workers=1, restart_method='mutate')
+    svc = broker_service.BrokerService(conf)
+    workers = conf.secmig_broker.workers
+    if workers == 1:
+        launcher = service.ServiceLauncher(conf)
+        launcher.launch_service(svc)
+    else:
+        launcher = service.launch(conf, svc, workers=workers,
+                                  restart_method='mutate')
     launcher.wait()
     return 0
 

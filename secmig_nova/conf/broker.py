@@ -31,6 +31,12 @@ broker``). Tickets, grants and envelopes are signed with it.
                default='/etc/secmig/broker.key',
                secret=True,
                help='PEM private key of ``cert_file`` (mode 0600).'),
+    cfg.IntOpt('workers',
+               default=1, min=1,
+               help="""
+Broker worker processes on this host. Several workers (or several broker
+hosts) may serve one topic and share one database.
+"""),
     cfg.StrOpt('topic',
                default='secmig_broker',
                help='RPC topic the broker listens on.'),
