@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# The project's test command (README.md, .ci/run): sets up .venv, lints, and
-# runs secmig-nova's own test suite with stestr. Ends with one line
+# The project's test command (README.md, .ci/run), for a fresh Debian 12
+# machine as root: installs the system packages (RabbitMQ, libvirt, QEMU),
+# sets up .venv, builds the lab guest, lints, and runs secmig-nova's own
+# test suite with stestr (real Keystone, RabbitMQ and libvirt + QEMU, all
+# started by the tests' fixtures). Ends with one line
 # "N passed, N failed, N skipped" taken from the stestr results.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+bash tools/install-deps.sh || exit 1
 bash tools/setup-venv.sh || exit 1
+bash tools/lab/guest.sh build || exit 1
 .venv/bin/flake8 || { echo "flake8 failed"; exit 1; }
 .venv/bin/python -m stestr --test-path ./tests run "$@"
 rc=$?

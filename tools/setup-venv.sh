@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create (or update) the project's virtualenv in .venv and install
-# secmig-nova with its test requirements. Idempotent; used by the README
-# commands, .ci/run and tox-less environments.
+# secmig-nova with its test and lab requirements (libvirt-python builds
+# against libvirt-dev: run tools/install-deps.sh first). Idempotent; used
+# by the README commands and .ci/run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -13,10 +14,12 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.secmig-reqs
-want=$(cat requirements.txt test-requirements.txt setup.cfg | sha256sum)
+want=$(cat requirements.txt test-requirements.txt lab-requirements.txt \
+       setup.cfg | sha256sum)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     .venv/bin/pip install -q --upgrade pip
-    .venv/bin/pip install -q -r requirements.txt -r test-requirements.txt
+    .venv/bin/pip install -q -r requirements.txt -r test-requirements.txt \
+        -r lab-requirements.txt
     .venv/bin/pip install -q -e .
     echo "$want" > "$stamp"
 fi

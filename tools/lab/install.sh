@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Install what the real-libvirt lab needs on Debian 12 (run as root):
+# libvirt + QEMU (TCG guests), the user/group libvirtd insists on, a
+# system qemu.conf with the lab's settings, and optionally libvirt-python
+# into a virtualenv. Idempotent: a second run only checks and exits.
+#
+#   tools/lab/install.sh [--venv PATH]
+#
+# Each lab host gets its own copy of /etc/libvirt (tools/lab/hosts.sh); the
+# system qemu.conf written here matches it so a plain `libvirtd` agrees.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+venv=
+while [ $# -gt 0 ]; do
+    case $1 in
+        --venv) venv=$2; shift 2 ;;
+        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+        *) echo "unknown argument: $1" >&2; exit 2 ;;
+    esac
+done
+[ "$(id -u)" = 0 ] || { echo "install.sh must run as root" >&2; exit 1; }
+export DEBIAN_FRONTEND=noninteractive
+
+# Packages (LAB-NOTES.md): libvirt 9.0 + QEMU 7.2 from bookworm. cpio and
+# dpkg-deb build the guest; gcc and pkg-config build libvirt-python.
+packages=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
+          libvirt-dev pkg-config qemu-system-x86 qemu-utils cpio gzip
+          util-linux gcc)
+
+# libvirtd refuses to start without them; create them before the packages
+# so their maintainer scripts find them too.
+# Debian's QEMU driver resolves its built-in default user and group
+# (both libvirt-qemu) before it reads qemu.conf.
+getent group kvm >/dev/null || groupadd -r kvm
+getent group libvirt-qemu >/dev/null || groupadd -r libvirt-qemu
+getent passwd libvirt-qemu >/dev/null ||
+    useradd -r -g kvm -G libvirt-qemu -d /var/lib/libvirt \
+        -s /usr/sbin/nologin libvirt-qemu
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q 'ok installed' ||
+        missing+=("$p")
+done
+# The guest build downloads .debs; that needs package lists too.
+if [ ${#missing[@]} -gt 0 ] || [ -z "$(ls -A /var/lib/apt/lists 2>/dev/null |
+                                       grep -v -e lock -e partial)" ]; then
+    # No init system here: keep the packages' scripts from starting a
+    # libvirtd in the root namespace (the lab starts its own).
+    made_policy=
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        made_policy=1
+    fi
+    trap '[ -z "$made_policy" ] || rm -f /usr/sbin/policy-rc.d' EXIT
+    apt-get update -q
+    if [ ${#missing[@]} -gt 0 ]; then
+        apt-get install -y -q --no-install-recommends "${missing[@]}"
+    fi
+fi
+
+conf=/etc/libvirt/qemu.conf
+want=$("$here/hosts.sh" qemu-conf)
+if [ "$(cat $conf 2>/dev/null)" != "$want" ]; then
+    if [ -s $conf ] && ! grep -q '^# secmig-lab' $conf; then
+        cp -n $conf $conf.dist
+    fi
+    mkdir -p /etc/libvirt
+    printf '%s\n' "$want" > $conf
+fi
+
+if [ -n "$venv" ]; then
+    py=$venv/bin/python
+    if [ ! -x "$py" ]; then
+        python3 -c 'import venv, ensurepip' 2>/dev/null || {
+            apt-get install -y -q --no-install-recommends python3-venv; }
+        python3 -m venv "$venv"
+    fi
+    if ! "$py" -c 'import libvirt' 2>/dev/null; then
+        # libvirt-python is an sdist: it compiles against this Python's
+        # headers and libvirt-dev.
+        inc=$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+        if [ ! -f "$inc/Python.h" ]; then
+            apt-get install -y -q --no-install-recommends python3-dev
+        fi
+        "$py" -m pip install -q -r "$repo/lab-requirements.txt"
+    fi
+fi
+echo "lab prerequisites installed"
