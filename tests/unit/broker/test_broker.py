@@ -146,7 +146,8 @@ class TestFlows(BrokerTestCase):
 
     def test_only_exposed_methods_are_callable(self):
         client = messaging.get_rpc_client(
-            self.t.a.transport, messaging.Target(topic=self.t.a.topic),
+            self.t.a.transport,
+            messaging.Target(exchange=rpcapi.EXCHANGE, topic=self.t.a.topic),
             timeout=5)
         # fake:// re-raises the server's exception, RabbitMQ wraps it.
         self.assertRaises((messaging.RemoteError, dispatcher.NoSuchMethod),
