@@ -6,11 +6,7 @@ hosts talk to them through BrokerAPI exactly as compute hosts do. Keystone
 is the real one started by tests/functional/fixtures/keystone.py.
 """
 
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -21,120 +17,19 @@ import testtools
 from secmig_nova.authz import tickets
 from secmig_nova.authz import tokens
 from secmig_nova.broker.db import api as db_api
-from secmig_nova.broker.db import migration
 from secmig_nova.broker.db import models
 from secmig_nova.broker import envelope
 from secmig_nova.broker import rpcapi
 from secmig_nova.trust import store
 from tests.fixtures import brokers as broker_fixtures
 from tests.fixtures import pki as pki_fixture
+from tests.functional.fixtures import broker_process
 from tests.functional.fixtures import keystone as ks_fixture
 from tests.functional.fixtures import rabbitmq
 
-INSTANCE = '6a1f5d7e-0000-4000-8000-0000000000aa'
-RPC_TIMEOUT = 3
-
-
-class BrokerProcess:
-    """One ``secmig-broker`` process of one cloud."""
-
-    def __init__(self, root, name, cloud, peer, rabbit, keystone, extra='',
-                 project_limit=2):
-        self.name = name
-        self.conf_file = os.path.join(root, '%s.conf' % name)
-        self.log_file = os.path.join(root, '%s.log' % name)
-        self.db_url = 'sqlite:///%s' % os.path.join(root, '%s.sqlite'
-                                                    % cloud.cloud_id)
-        broker_cert, broker_key = cloud.hosts[
-            'broker-%s' % cloud.cloud_id[-1]]
-        with open(self.conf_file, 'w') as f:
-            f.write('[DEFAULT]\ntransport_url = %s\nlog_file = %s\n'
-                    'debug = true\n' % (rabbit.vhost(cloud.cloud_id),
-                                        self.log_file))
-            f.write('[secmig]\ncloud_id = %s\nca_file = %s\n'
-                    % (cloud.cloud_id, cloud.ca.ca_file))
-            f.write('[secmig_broker]\ncert_file = %s\nkey_file = %s\n'
-                    'database_connection = %s\npeers = %s\n'
-                    'rpc_timeout = %d\nproject_max_concurrent = %d\n'
-                    % (broker_cert, broker_key, self.db_url,
-                       peer.cloud_id, RPC_TIMEOUT, project_limit))
-            f.write('[secmig_peer_%s]\ntransport_url = %s\nca_file = %s\n'
-                    'allowed_projects = %s\nmax_concurrent = 50\n'
-                    'rate = 1000\n%s'
-                    % (peer.cloud_id, rabbit.vhost(peer.cloud_id),
-                       peer.ca.ca_file, ','.join(keystone.allowed), extra))
-        keystone.server.write_service_config(
-            os.path.join(root, '%s-keystone.conf' % name),
-            cache_ttl=1)
-        self.ks_conf = os.path.join(root, '%s-keystone.conf' % name)
-        self.proc = None
-        migration.sync(self.db_url)
-
-    def start(self, api, timeout=60):
-        self.proc = subprocess.Popen(
-            [sys.executable, '-m', 'secmig_nova.cmd.broker',
-             '--config-file', self.conf_file, '--config-file', self.ks_conf],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError('broker %s exited with %s: %s'
-                                   % (self.name, self.proc.returncode,
-                                      self.log_tail()))
-            # This process's own log says it serves (another worker on the
-            # same topic could answer a probe), then the topic answers.
-            if 'serving topic' not in self.log_tail(100000):
-                time.sleep(0.2)
-                continue
-            try:
-                answer = api.get_migration('not-a-token')
-                if 'error' in answer:
-                    return self
-            except messaging.MessagingTimeout:
-                pass
-        raise RuntimeError('broker %s did not answer within %s s: %s'
-                           % (self.name, timeout, self.log_tail()))
-
-    def log_tail(self, size=3000):
-        try:
-            with open(self.log_file) as f:
-                return f.read()[-size:]
-        except OSError:
-            return '(no log)'
-
-    def log(self):
-        with open(self.log_file) as f:
-            return f.read()
-
-    def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        self.proc = None
-
-
-class Keystone:
-    """The real Keystone with a user holding both migration roles."""
-
-    def __init__(self):
-        self.server = ks_fixture.get_server()
-        lab = self.server.lab
-        self.alpha, self.beta = lab.alpha, lab.beta
-        self.allowed = [self.alpha, self.beta]
-        suffix = uuid.uuid4().hex[:6]
-        self.operator = self.server.create_user('broker-op-' + suffix,
-                                                lab.domain)
-        for project in (self.alpha, self.beta):
-            for role in (ks_fixture.ROLE, ks_fixture.CROSS_CLOUD_ROLE):
-                self.server.grant(lab.roles[role], user_id=self.operator,
-                                  project_id=project)
-        self.member = lab.users['dave']      # member of alpha, no role
-        self.operator_name = 'broker-op-' + suffix
+BrokerProcess = broker_process.BrokerProcess
+INSTANCE = broker_process.INSTANCE
+RPC_TIMEOUT = broker_process.RPC_TIMEOUT
 
 
 class BrokersOnRabbit(testtools.TestCase):
@@ -148,7 +43,7 @@ class BrokersOnRabbit(testtools.TestCase):
         super().setUpClass()
         cls.pki = pki_fixture.get()
         cls.rabbit = rabbitmq.get_server()
-        cls.ks = Keystone()
+        cls.ks = broker_process.Keystone()
         cls.root = tempfile.mkdtemp(prefix='smbrq-')
         cls.conf = broker_fixtures.make_conf()
         cls.transports = {

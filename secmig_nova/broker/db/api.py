@@ -44,6 +44,8 @@ class Database:
         self._tc = enginefacade.transaction_context()
         self._tc.configure(connection=connection, sqlite_fk=True,
                            max_retries=0)
+        if connection.startswith('sqlite'):
+            _serialize_sqlite(self._tc.writer.get_engine())
 
     def writer(self):
         return self._tc.writer.using(_Context())
@@ -170,6 +172,39 @@ class Database:
                      'signer': r.signer, 'token': r.token,
                      'sha256': r.sha256, 'created_at': r.created_at}
                     for r in session.scalars(query)]
+
+
+SQLITE_BUSY_TIMEOUT_MS = 30000
+
+
+def _serialize_sqlite(engine):
+    """Make concurrent sqlite transactions wait instead of failing.
+
+    A transaction that reads and then writes must upgrade its lock; when
+    another one is waiting to write, SQLite answers "database is locked" at
+    once (its busy handler is not used, to avoid a deadlock). Taking the
+    write lock at BEGIN (IMMEDIATE) serializes transactions, and the busy
+    timeout makes them queue: several broker workers share one file.
+    """
+    @sa.event.listens_for(engine, 'connect')
+    def _connect(dbapi_connection, _record):
+        cursor = dbapi_connection.cursor()
+        cursor.execute('PRAGMA busy_timeout = %d' % SQLITE_BUSY_TIMEOUT_MS)
+        cursor.execute('PRAGMA journal_mode = WAL')
+        cursor.close()
+
+    # oslo.db emits a plain (deferred) BEGIN for sqlite; replace it with
+    # BEGIN IMMEDIATE, keeping its in_transaction mark (which oslo.db
+    # clears on commit and rollback).
+    for listener in list(engine.dispatch.begin):
+        if getattr(listener, '__name__', '') == '_sqlite_emit_begin':
+            sa.event.remove(engine, 'begin', listener)
+
+    @sa.event.listens_for(engine, 'begin')
+    def _begin(connection):
+        if 'in_transaction' not in connection.info:
+            connection.exec_driver_sql('BEGIN IMMEDIATE')
+            connection.info['in_transaction'] = True
 
 
 def _as_dict(record):

@@ -76,6 +76,33 @@ class TestDatabase(DbTestCase):
         other = api.DatabaseReplayStore(api.Database(self.url))
         self.assertFalse(other.check_and_remember('k', time.time() + 60))
 
+    def test_concurrent_writers_wait_instead_of_failing(self):
+        # Two "workers" (two Database objects on one file), several
+        # threads each: no 'database is locked' refusal, and each key is
+        # accepted exactly once.
+        import threading
+        stores = [api.DatabaseReplayStore(self.db),
+                  api.DatabaseReplayStore(api.Database(self.url))]
+        results, errors = [], []
+
+        def worker(store, n):
+            for i in range(25):
+                try:
+                    results.append(store.check_and_remember(
+                        'key-%d' % ((n + i) % 40), time.time() + 60))
+                except Exception as e:  # noqa: collected and asserted
+                    errors.append(e)
+        threads = [threading.Thread(target=worker, args=(stores[n % 2], n))
+                   for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        keys = {(n + i) % 40 for n in range(8) for i in range(25)}
+        self.assertEqual([], errors)
+        self.assertEqual(len(keys), results.count(True))
+        self.assertEqual(200 - len(keys), results.count(False))
+
     def test_expired_key_may_be_used_again(self):
         now = [1000.0]
         store = api.DatabaseReplayStore(self.db, clock=lambda: now[0])
