@@ -251,6 +251,24 @@ class Endpoint:
                                       self.params.migration_id))
         return grant
 
+    def _expect_frame(self, sock, decoder, deadline, expected, pull, peer):
+        """The peer's first frame of the opening exchange, parsed.
+
+        An ABORT is the peer's refusal (its reason becomes ours); any other
+        frame than ``expected`` is a protocol error.
+        """
+        try:
+            ftype, payload = self._read_frame(sock, decoder, deadline)
+            if ftype == frames.FrameType.ABORT:
+                raise errors.from_abort(frames.pull_abort(payload), peer)
+            if ftype != expected:
+                raise errors.TunnelError(
+                    'unexpected_frame', '%s from the %s instead of %s'
+                    % (ftype.name, peer, expected.name))
+            return pull(payload)
+        except frames.FrameError as e:
+            raise errors.from_frame_error(e)
+
     def _read_frame(self, sock, decoder, deadline):
         """Blocking read of one frame during the opening exchange."""
         while True:
@@ -481,18 +499,9 @@ class SourceEndpoint(Endpoint):
             conn_index=index, migration_id=p.migration_id,
             grant=p.grant)))
         decoder = frames.FrameDecoder()
-        try:
-            ftype, payload = self._read_frame(sock, decoder, deadline)
-            if ftype == frames.FrameType.ABORT:
-                raise errors.from_abort(frames.pull_abort(payload),
-                                        'destination')
-            if ftype != frames.FrameType.HELLO_OK:
-                raise errors.TunnelError(
-                    'unexpected_frame', '%s instead of HELLO_OK'
-                    % ftype.name)
-            ok = frames.pull_hello_ok(payload)
-        except frames.FrameError as e:
-            raise errors.from_frame_error(e)
+        ok = self._expect_frame(sock, decoder, deadline,
+                                frames.FrameType.HELLO_OK,
+                                frames.pull_hello_ok, 'destination')
         if ok.conn_index != index or ok.version != frames.PROTOCOL_VERSION:
             raise errors.TunnelError('protocol_error',
                                      'HELLO_OK does not match HELLO')
@@ -582,19 +591,11 @@ class DestinationEndpoint(Endpoint):
         version, suite = tls.check_negotiated(sock, p.tls_cipher)
         peer = tls.verify_peer(sock, self.peer_store, 'client')
         decoder = frames.FrameDecoder()
-        try:
-            ftype, payload = self._read_frame(sock, decoder, deadline)
-            if ftype == frames.FrameType.ABORT:
-                # The source refused us (e.g. our certificate is not the
-                # one its grant pins).
-                raise errors.from_abort(frames.pull_abort(payload),
-                                        'source')
-            if ftype != frames.FrameType.HELLO:
-                raise errors.TunnelError(
-                    'unexpected_frame', '%s before HELLO' % ftype.name)
-            hello = frames.pull_hello(payload)
-        except frames.FrameError as e:
-            raise errors.from_frame_error(e)
+        # An ABORT here is the source refusing us (e.g. our certificate is
+        # not the one its grant pins).
+        hello = self._expect_frame(sock, decoder, deadline,
+                                   frames.FrameType.HELLO,
+                                   frames.pull_hello, 'source')
         grant = self._authorize(hello, peer)
         kind = hello.kind.label
         socks['local'] = self._connect_local(kind)
