@@ -8,6 +8,10 @@
     secmig-nova-manage ca show   CERT [--ca-file CA --cloud-id ID]
     secmig-nova-manage db sync   [--config-file F ...] [--connection URL]
     secmig-nova-manage db version [--config-file F ...] [--connection URL]
+    secmig-nova-manage receipts verify FILE|MIGRATION-ID
+                                 --ca CLOUD=CA.pem [--ca ...] [--crl ...]
+                                 [--config-file F ...] [--connection URL]
+    secmig-nova-manage receipts list|show [MIGRATION-ID] [--config-file F]
 
 The ``ca`` commands run a small cloud CA in a directory, for labs, tests and
 devstack: ECDSA P-256 keys written with mode 0600, certificates with the
@@ -106,6 +110,98 @@ def _db_version(args):
     return 0
 
 
+def _stores(args):
+    crls = dict(_pair(v) for v in args.crl or ())
+    stores = {}
+    for value in args.ca or ():
+        cloud, path = _pair(value)
+        stores[cloud] = store.TrustStore.load(cloud, path, crls.get(cloud))
+    if not stores:
+        raise ValueError('give the CA bundle of each cloud: --ca '
+                         'CLOUD=PATH (repeatable)')
+    return stores
+
+
+def _pair(value):
+    cloud, sep, path = value.partition('=')
+    if not sep or not cloud or not path:
+        raise ValueError('expected CLOUD=PATH, got %r' % value)
+    return cloud, path
+
+
+def _broker_db(args):
+    from secmig_nova.broker.db import api
+    return api.Database(_db_url(args))
+
+
+def _receipts_verify(args):
+    import json
+    import os
+    from secmig_nova.tunnel import receipts
+    stores = _stores(args)
+    if os.path.exists(args.source):
+        with open(args.source) as f:
+            pairs = receipts.pairs_from_document(json.load(f))
+    else:
+        db = _broker_db(args)
+        try:
+            rows = db.receipts(args.source)
+        finally:
+            db.dispose()
+        if not rows:
+            print('no receipts recorded for migration %s' % args.source,
+                  file=sys.stderr)
+            return 1
+        pairs = receipts.pairs_from_document({'receipts': rows})
+    if not pairs:
+        print('no receipt pairs in %s' % args.source, file=sys.stderr)
+        return 1
+    failed = 0
+    for source, destination in pairs:
+        result = receipts.verify_pair(source, destination, stores)
+        print('%s: %s' % (result.label, 'OK' if result.ok else 'FAILED'))
+        for check in result.checks:
+            print('  [%s] %s: %s' % ('ok' if check.ok else 'FAILED',
+                                     check.name, check.detail))
+        if result.ok:
+            totals = result.claims
+            print('  %s bytes to the destination (sha256 %s), %s back'
+                  % (totals['src_to_dst']['bytes'],
+                     totals['src_to_dst']['sha256'],
+                     totals['dst_to_src']['bytes']))
+        failed += not result.ok
+    return 1 if failed else 0
+
+
+def _receipts_list(args):
+    db = _broker_db(args)
+    try:
+        for record in db.list_migrations(limit=args.limit):
+            print('%s  %-11s %-11s %s -> %s  %s' % (
+                record['id'], record['side'], record['state'],
+                record['src_host'] or '?', record['dst_host'] or '?',
+                record['reason'] or ''))
+    finally:
+        db.dispose()
+    return 0
+
+
+def _receipts_show(args):
+    import json
+    db = _broker_db(args)
+    try:
+        records = db.find_migration(args.migration_id)
+        rows = db.receipts(args.migration_id)
+    finally:
+        db.dispose()
+    if not records:
+        print('no migration %s' % args.migration_id, file=sys.stderr)
+        return 1
+    print(json.dumps({'records': records, 'receipts': rows}, indent=2,
+                     sort_keys=True, default=str))
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog='secmig-nova-manage',
@@ -164,6 +260,30 @@ def build_parser():
         p.add_argument('--connection', help='SQLAlchemy URL (overrides '
                        'the configuration)')
         p.set_defaults(func=func)
+
+    r_parser = sub.add_parser('receipts', help='signed migration receipts')
+    r_sub = r_parser.add_subparsers(dest='receipts_command', required=True)
+    p = r_sub.add_parser('verify', help='verify receipts offline')
+    p.add_argument('source', help='a JSON file (tunnel outcome, broker '
+                   'record, list of pairs) or a migration id in the '
+                   'broker database')
+    p.add_argument('--ca', action='append',
+                   help='CLOUD=CA bundle of a cloud (repeatable)')
+    p.add_argument('--crl', action='append', help='CLOUD=CRL (optional)')
+    p.set_defaults(func=_receipts_verify)
+    p = r_sub.add_parser('list', help='recent migrations in the broker '
+                         'database')
+    p.add_argument('--limit', type=int, default=50)
+    p.set_defaults(func=_receipts_list)
+    p = r_sub.add_parser('show', help='a migration\'s records and receipts')
+    p.add_argument('migration_id')
+    p.set_defaults(func=_receipts_show)
+    for p in r_sub.choices.values():
+        p.add_argument('--config-file', action='append', default=[],
+                       help='configuration with [secmig_broker] '
+                            'database_connection')
+        p.add_argument('--connection', help='SQLAlchemy URL of the broker '
+                       'database')
     return parser
 
 
