@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "install-deps.sh must run as root" >&2; exit 1; }
 export DEBIAN_FRONTEND=noninteractive
-packages=(rabbitmq-server)
+packages=(rabbitmq-server shellcheck)
 python3 -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
 command -v git >/dev/null || packages+=(git)
 missing=()
