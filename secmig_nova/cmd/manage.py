@@ -12,6 +12,8 @@
                                  --ca CLOUD=CA.pem [--ca ...] [--crl ...]
                                  [--config-file F ...] [--connection URL]
     secmig-nova-manage receipts list|show [MIGRATION-ID] [--config-file F]
+    secmig-nova-manage status --config-file /etc/nova/nova-cpu.conf ...
+                                 [--libvirt-uri URI] [--skip-broker]
 
 The ``ca`` commands run a small cloud CA in a directory, for labs, tests and
 devstack: ECDSA P-256 keys written with mode 0600, certificates with the
@@ -202,6 +204,11 @@ def _receipts_show(args):
     return 0
 
 
+def _status(args):
+    from secmig_nova.cmd import status
+    return status.run(args)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog='secmig-nova-manage',
@@ -278,6 +285,19 @@ def build_parser():
     p = r_sub.add_parser('show', help='a migration\'s records and receipts')
     p.add_argument('migration_id')
     p.set_defaults(func=_receipts_show)
+    p = sub.add_parser('status', help='is this host ready for secure '
+                       'migration (exit 0 ok, 1 warning, 2 failure)')
+    p.add_argument('--config-file', action='append', default=[],
+                   help='nova.conf / nova-cpu.conf with [secmig] '
+                        '(repeatable)')
+    p.add_argument('--libvirt-uri', default=None,
+                   help='check this libvirtd\'s version '
+                        '(e.g. qemu:///system)')
+    p.add_argument('--skip-broker', action='store_true',
+                   help='do not try to reach the broker')
+    p.add_argument('--timeout', type=float, default=5.0,
+                   help='seconds to wait for the broker')
+    p.set_defaults(func=_status)
     for p in r_sub.choices.values():
         p.add_argument('--config-file', action='append', default=[],
                        help='configuration with [secmig_broker] '
