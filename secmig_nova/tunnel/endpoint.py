@@ -133,8 +133,13 @@ class Endpoint:
         thread.start()
 
     def _finished(self, result, error=None):
+        """A connection thread ended (see :meth:`_spawn`)."""
         with self._lock:
             self.active -= 1
+        self._record(result, error)
+
+    def _record(self, result, error=None):
+        with self._lock:
             self.results.append(result)
             if error is None:
                 kind = result['kind']
@@ -451,13 +456,11 @@ class SourceEndpoint(Endpoint):
         label = '%s source/%s#%d' % (self.params.migration_id, kind, index)
         if index >= self.grant.streams[kind]:
             qemu.close()
-            self._finished({'kind': kind, 'index': index,
-                            'status': 'refused',
-                            'reason': 'stream_not_allowed'},
-                           errors.TunnelError(
-                               'stream_not_allowed', 'QEMU opened %s '
-                               'connection #%d, the grant allows %d'
-                               % (kind, index, self.grant.streams[kind])))
+            error = errors.TunnelError(
+                'stream_not_allowed', 'QEMU opened %s connection #%d, the '
+                'grant allows %d' % (kind, index, self.grant.streams[kind]))
+            self._record({'kind': kind, 'index': index, 'status': 'refused',
+                          'reason': error.reason}, error)
             return
         LOG.info('%s: QEMU connected, opening TLS to %s', label,
                  self.grant.dst_endpoint)

@@ -332,6 +332,24 @@ class TestGrantRefusals(harness.TunnelTestCase):
         self.assertRefused(proc, 'unexpected_frame', 'failed')
         sock.close()
 
+    def test_more_qemu_connections_than_granted(self):
+        dst, src, _ = self.start_pair(
+            grant_kwargs={'streams': {'memory': 1}},
+            src={'expect_connections': {'memory': 2}})
+        qemu_dst = harness.FakeDestinationQemu(self.dst_qemu_sock)
+        self.addCleanup(qemu_dst.close)
+        first = harness.FakeSourceQemu(self.src_sock, os.urandom(100),
+                                       pace=0.5)
+        time.sleep(0.3)
+        harness.FakeSourceQemu(self.src_sock, os.urandom(100)).wait()
+        first.wait()
+        self.assertRefused(src, 'stream_not_allowed', 'refused')
+        self.assertNoSocketLeft()
+        # Refused at the source: the destination never saw connection #1.
+        _rc, dst_out = dst.wait(harness.TIMEOUT)
+        self.assertEqual([0], [c['index'] for c in dst_out['connections']])
+        self.assertEqual('terminated', dst_out['reason'])
+
     def test_source_refuses_expired_grant_before_listening(self):
         grant = self.pki.grant('127.0.0.1:9', now=time.time() - 3600,
                                ttl=60)
