@@ -4,9 +4,17 @@
 Exits non-zero when the run failed, had no test, or skipped a test: a
 skipped test is never counted as passing (a component that cannot start
 must fail the test with the reason, not skip it).
+
+    test_summary.py [--add-to FILE]     # also add the counts to FILE
+    test_summary.py --total FILE        # print the sum of FILE's counts
+
+Run from the directory holding the stestr repository (.stestr).
 """
 
+import argparse
 import io
+import json
+import os
 import subprocess
 import sys
 
@@ -14,7 +22,7 @@ import subunit
 import testtools
 
 
-def main():
+def last_run():
     stream = subprocess.run(
         [sys.executable, '-m', 'stestr', 'last', '--subunit'],
         capture_output=True, check=True).stdout
@@ -27,11 +35,44 @@ def main():
     tags.stopTestRun()
     failed = len(summary.errors) + len(summary.failures)
     skipped = len(summary.skipped)
-    passed = summary.testsRun - failed - skipped
     for test, _reason in summary.skipped:
         print('SKIPPED (counts as a failure here): %s' % test.id())
-    print('%d passed, %d failed, %d skipped' % (passed, failed, skipped))
-    return 0 if passed and not failed and not skipped else 1
+    return {'passed': summary.testsRun - failed - skipped,
+            'failed': failed, 'skipped': skipped}
+
+
+def line(counts):
+    return '%(passed)d passed, %(failed)d failed, %(skipped)d skipped' % (
+        counts)
+
+
+def ok(counts):
+    return counts['passed'] > 0 and not counts['failed'] and \
+        not counts['skipped']
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--add-to')
+    parser.add_argument('--total')
+    args = parser.parse_args()
+    if args.total:
+        total = {'passed': 0, 'failed': 0, 'skipped': 0, 'runs': 0}
+        if os.path.exists(args.total):
+            with open(args.total) as f:
+                for raw in f:
+                    run = json.loads(raw)
+                    for key in ('passed', 'failed', 'skipped'):
+                        total[key] += run[key]
+                    total['runs'] += 1
+        print(line(total))
+        return 0 if ok(total) else 1
+    counts = last_run()
+    print(line(counts))
+    if args.add_to:
+        with open(args.add_to, 'a') as f:
+            f.write(json.dumps(counts) + '\n')
+    return 0 if ok(counts) else 1
 
 
 if __name__ == '__main__':
