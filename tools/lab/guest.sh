@@ -15,7 +15,10 @@
 # stream) and 16 MiB of random data of which 1 MiB is rewritten per
 # heartbeat (dirty pages for the live migration to chase). Kernel command
 # line knobs: secmig.marker=STRING, secmig.dirty_kib=N (at most 1024),
-# secmig.period=SECONDS.
+# secmig.period=SECONDS, secmig.hog_mib=N (the "dirtying memory hard"
+# mode: a background loop rewrites N MiB, at most 96, as fast as the vCPU
+# can, so the migration has hundreds of MiB per second to chase instead of
+# 2; default 0, off).
 #
 # The kernel and busybox come from Debian packages fetched with
 # `apt-get download` (package registry only); nothing is installed.
@@ -42,14 +45,17 @@ EOF
     cat <<'EOF'
 dirty_kib=1024
 period=0.5
+hog_mib=0
 for word in $(cat /proc/cmdline); do
     case $word in
         secmig.marker=*) marker=${word#secmig.marker=} ;;
         secmig.dirty_kib=*) dirty_kib=${word#secmig.dirty_kib=} ;;
         secmig.period=*) period=${word#secmig.period=} ;;
+        secmig.hog_mib=*) hog_mib=${word#secmig.hog_mib=} ;;
     esac
 done
-mount -t tmpfs -o size=64m tmpfs /mem
+[ "$hog_mib" -le 96 ] || hog_mib=96
+mount -t tmpfs -o size=128m tmpfs /mem
 yes "$marker" | head -c 4194304 > /mem/marker
 # Non-zero bytes to dirty pages with (zero pages would migrate as
 # nothing); /dev/urandom would wait ~1.5 s for the CRNG under TCG.
@@ -59,7 +65,30 @@ for k in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16; do
 done > /mem/dirty
 # The marker also lives in this shell's own heap.
 held=$(head -c 65536 /mem/marker)
-echo "SECMIG-LAB-BOOTED marker=$marker dirty_kib=$dirty_kib period=$period"
+if [ "$hog_mib" -gt 0 ]; then
+    # Hard mode: rewrite hog_mib MiB in place (conv=notrunc keeps the same
+    # pages), 16 MiB per dd, with no pause. Every other pass copies from
+    # 64 KiB further into /mem/dirty (1 MiB periodic), so each pass really
+    # changes every page (a dirty-rate estimate by sampling sees it too).
+    chunks=$(( (hog_mib + 15) / 16 ))
+    for k in $(seq $chunks); do cat /mem/dirty; done |
+        head -c $((hog_mib * 1048576)) > /mem/hog
+    (
+        pass=0
+        while :; do
+            pass=$((pass + 1))
+            k=0
+            while [ $k -lt $chunks ]; do
+                dd if=/mem/dirty of=/mem/hog bs=64k count=256 \
+                   skip=$((pass % 2)) seek=$((k * 256)) conv=notrunc \
+                   2>/dev/null
+                k=$((k + 1))
+            done
+            echo "SECMIG-HOG-PASS $pass"
+        done
+    ) &
+fi
+echo "SECMIG-LAB-BOOTED marker=$marker dirty_kib=$dirty_kib period=$period hog_mib=$hog_mib"
 [ "$dirty_kib" -le 1024 ] || dirty_kib=1024
 blocks=$((dirty_kib / 64))
 slots=1

@@ -30,6 +30,11 @@ START_TIMEOUT=${SECMIG_LAB_START_TIMEOUT:-90}
 # Directory of the per-migration sockets ([secmig] socket_dir); exists on
 # every host, privately.
 SOCKET_DIR=/run/secmig
+# QEMU's native-TLS migration credentials (VIR_MIGRATE_TLS; the benchmark's
+# baseline): ca-cert.pem, server-cert.pem, server-key.pem, client-cert.pem,
+# client-key.pem, written by tools/lab/lab.py (LabPki.qemu_tls). Inside the
+# host, so under hosts/<NAME>/etc/ from outside.
+MIGRATE_TLS_DIR=/etc/libvirt/migrate-tls
 PRIVATE_DIRS="run:/run etc:/etc/libvirt lib:/var/lib/libvirt
 log:/var/log/libvirt cache:/var/cache/libvirt"
 
@@ -65,6 +70,10 @@ EOF
         base=$(port_base "$1")
         printf 'migration_port_min = %d\nmigration_port_max = %d\n' \
             "$base" $((base + 31))
+        # libvirtd refuses to start if this directory does not exist;
+        # start_one creates it, lab.py fills it.
+        printf 'migrate_tls_x509_cert_dir = "%s"\nmigrate_tls_x509_verify = 1\n' \
+            "$MIGRATE_TLS_DIR"
     fi
 }
 
@@ -125,6 +134,7 @@ start_one() {
     uuid=$(cat "$d/host_uuid")
     [ -d /etc/libvirt ] && cp -an /etc/libvirt/. "$d/etc/"
     qemu_conf "$name" > "$d/etc/qemu.conf"
+    mkdir -p "$d/etc/${MIGRATE_TLS_DIR#/etc/libvirt/}"
     cat > "$d/etc/libvirtd.conf" <<EOF
 # secmig-lab host $name
 host_uuid = "$uuid"

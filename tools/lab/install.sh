@@ -23,10 +23,11 @@ done
 export DEBIAN_FRONTEND=noninteractive
 
 # Packages (LAB-NOTES.md): libvirt 9.0 + QEMU 7.2 from bookworm. cpio and
-# dpkg-deb build the guest; gcc and pkg-config build libvirt-python.
+# dpkg-deb build the guest; gcc and pkg-config build libvirt-python;
+# tcpdump captures migration traffic on loopback (tests/functional/lab).
 packages=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
           libvirt-dev pkg-config qemu-system-x86 qemu-utils cpio gzip
-          util-linux gcc)
+          util-linux gcc tcpdump)
 
 # libvirtd refuses to start without them; create them before the packages
 # so their maintainer scripts find them too.

@@ -19,15 +19,26 @@ loopback or UNIX sockets.
 """
 
 import contextlib
+import datetime
+import ipaddress
 import json
 import os
 import re
 import shutil
+import signal
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.x509 import oid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -48,6 +59,12 @@ DEFAULT_DIR = os.path.join(REPO, '.lab')
 SOCKET_DIR = '/run/secmig'
 # The guest's default marker (guest.sh DEFAULT_MARKER).
 MARKER = 'SECMIG-LAB-MARKER-7d1f0c2a9e'
+# secmig.hog_mib of the "dirtying memory hard" guest (guest.sh).
+HARD_HOG_MIB = 64
+# Where each host's QEMU finds its native-TLS migration credentials
+# (hosts.sh: migrate_tls_x509_cert_dir in the host's qemu.conf).
+QEMU_TLS_DIR = '/etc/libvirt/migrate-tls'
+TUNNEL_MODULE = 'secmig_nova.cmd.tunnel'
 HEARTBEAT_RE = re.compile(rb'SECMIG-HEARTBEAT (\d+) ')
 BOOTED = b'SECMIG-LAB-BOOTED'
 # Inside path -> directory under hosts/<name>/ (hosts.sh PRIVATE_DIRS).
@@ -170,6 +187,43 @@ class Host:
     def serial_log(self, guest):
         return self.outside('/var/log/libvirt/qemu/%s.serial.log' % guest)
 
+    def processes(self, needle):
+        """pids in this host's mount namespace whose argv has needle."""
+        ns = self.mnt_ns
+        pids = []
+        for entry in os.listdir('/proc'):
+            if not entry.isdigit():
+                continue
+            try:
+                if _mnt_ns(int(entry)) != ns:
+                    continue
+                with open('/proc/%s/cmdline' % entry, 'rb') as f:
+                    argv = f.read().split(b'\0')
+            except OSError:
+                continue
+            if any(needle.encode() in arg for arg in argv):
+                pids.append(int(entry))
+        return sorted(pids)
+
+    def tunnel_pids(self):
+        """secmig-tunnel processes running inside this host."""
+        return self.processes(TUNNEL_MODULE)
+
+    def socket_files(self):
+        """What is left in this host's /run/secmig (the socket_dir)."""
+        try:
+            return sorted(os.listdir(self.outside(SOCKET_DIR)))
+        except FileNotFoundError:
+            return []
+
+    def migration_ports(self):
+        """(min, max) of the plain migration ports (hosts.sh qemu.conf)."""
+        with open(os.path.join(self.dir, 'etc', 'qemu.conf')) as f:
+            conf = f.read()
+        found = dict(re.findall(r'^migration_port_(min|max) = (\d+)$',
+                                conf, re.M))
+        return int(found['min']), int(found['max'])
+
 
 class LabPki:
     """One cloud per lab host (cloud ``lab-<name>``): CA, host, broker.
@@ -210,16 +264,124 @@ class LabPki:
                 os.path.join(cloud_dir, base + '.key'))
         return self._creds[key]
 
+    def other_host(self, name, hostname):
+        """Credentials of another host of cloud ``lab-<name>``.
+
+        E.g. ``other_host('b', 'lab-c')``: a host the destination cloud's
+        broker could grant a migration to, that is not the lab's host b.
+        """
+        cloud_dir, cad = self._cloud(name)
+        cert = os.path.join(cloud_dir, '%s.crt' % hostname)
+        key = os.path.join(cloud_dir, '%s.key' % hostname)
+        if not os.path.exists(cert):
+            cad.issue('host', hostname, out_dir=cloud_dir)
+        return certs.Credentials.load(cert, key)
+
     def grant(self, src, dst, endpoint, migration_id, instance_uuid,
-              streams):
+              streams, dst_host=None, dst_fingerprint=None):
+        """The grant dst's broker would mint for a migration src -> dst.
+
+        ``dst_host``/``dst_fingerprint`` name another destination host
+        than dst's own (the refusal tests).
+        """
         return tokens.issue_grant(
             self.credentials(dst, 'broker'), migration_id=migration_id,
             instance_uuid=instance_uuid, src_cloud='lab-%s' % src,
             src_host='lab-%s' % src,
             src_fingerprint=self.credentials(src).fingerprint,
-            dst_host='lab-%s' % dst,
-            dst_fingerprint=self.credentials(dst).fingerprint,
+            dst_host=dst_host or 'lab-%s' % dst,
+            dst_fingerprint=(dst_fingerprint
+                             or self.credentials(dst).fingerprint),
             dst_endpoint=endpoint, streams=streams)
+
+    # -- QEMU native TLS (VIR_MIGRATE_TLS), the benchmark's baseline --------
+
+    def _qemu_ca(self):
+        path = os.path.join(self.root, 'qemu-tls')
+        ca_crt = os.path.join(path, 'ca-cert.pem')
+        ca_key = os.path.join(path, 'ca-key.pem')
+        if not os.path.exists(ca_crt):
+            os.makedirs(path, mode=0o700, exist_ok=True)
+            cert, key = _x509_cert('secmig lab QEMU migration CA', ca=True)
+            _write_pem(ca_key, key, private=True)
+            _write_pem(ca_crt, cert)
+        with open(ca_crt, 'rb') as f:
+            cert = x509.load_pem_x509_certificate(f.read())
+        with open(ca_key, 'rb') as f:
+            key = serialization.load_pem_private_key(f.read(), None)
+        return cert, key
+
+    def qemu_tls(self, out_dir, hostname):
+        """Write QEMU's x509 migration credentials for one host.
+
+        One lab CA for every host (QEMU's TLS needs a CA both sides
+        trust); ``server-cert.pem`` names ``hostname``, ``localhost`` and
+        127.0.0.1 (the address the source QEMU connects to and verifies),
+        ``client-cert.pem`` is the host as a migration source. Idempotent.
+        """
+        names = ('ca-cert.pem', 'server-cert.pem', 'server-key.pem',
+                 'client-cert.pem', 'client-key.pem')
+        if all(os.path.exists(os.path.join(out_dir, n)) for n in names):
+            return out_dir
+        ca_cert, ca_key = self._qemu_ca()
+        os.makedirs(out_dir, exist_ok=True)
+        for role in ('server', 'client'):
+            cert, key = _x509_cert('%s migration %s' % (hostname, role),
+                                   issuer=(ca_cert, ca_key), role=role,
+                                   dns=[hostname, 'localhost'],
+                                   ips=['127.0.0.1'])
+            _write_pem(os.path.join(out_dir, '%s-key.pem' % role), key,
+                       private=True)
+            _write_pem(os.path.join(out_dir, '%s-cert.pem' % role), cert)
+        _write_pem(os.path.join(out_dir, 'ca-cert.pem'), ca_cert)
+        return out_dir
+
+
+def _x509_cert(cn, issuer=None, ca=False, role=None, dns=(), ips=()):
+    """An RSA certificate as QEMU's x509 credentials check it."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(oid.NameOID.COMMON_NAME, cn)])
+    issuer_cert, issuer_key = issuer or (None, key)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (x509.CertificateBuilder()
+               .subject_name(name)
+               .issuer_name(issuer_cert.subject if issuer_cert else name)
+               .public_key(key.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5))
+               .not_valid_after(now + datetime.timedelta(days=365))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None),
+                              critical=True)
+               .add_extension(x509.KeyUsage(
+                   digital_signature=not ca, content_commitment=False,
+                   key_encipherment=not ca, data_encipherment=False,
+                   key_agreement=False, key_cert_sign=ca, crl_sign=ca,
+                   encipher_only=False, decipher_only=False), critical=True))
+    if role:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(
+            [oid.ExtendedKeyUsageOID.SERVER_AUTH if role == 'server'
+             else oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+    alt = [x509.DNSName(n) for n in dns]
+    alt += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+    if alt:
+        builder = builder.add_extension(x509.SubjectAlternativeName(alt),
+                                        critical=False)
+    return builder.sign(issuer_key, hashes.SHA256()), key
+
+
+def _write_pem(path, obj, private=False):
+    if private:
+        data = obj.private_bytes(serialization.Encoding.PEM,
+                                 serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+    else:
+        data = obj.public_bytes(serialization.Encoding.PEM)
+    tmp = path + '.tmp'
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                 0o600 if private else 0o644)
+    with os.fdopen(fd, 'wb') as f:
+        f.write(data)
+    os.replace(tmp, path)
 
 
 class Migration:
@@ -233,17 +395,26 @@ class Migration:
         self.migrate_uri = migrate_uri
         self.migration_id = None
         self.seconds = None
+        self.started = None     # time.monotonic() around migrateToURI3
+        self.ended = None
+        self.setup_seconds = None   # tunnels and grant, before libvirt
         self.job = {}
+        self.error = None       # what migrateToURI3 raised (check=False)
         self.tunnels = {}       # side -> (returncode, outcome)
         self.tunnel_ns = {}     # side -> mount namespace the tunnel ran in
         self.tunnel_stderr = {}
+        self.procs = {}         # side -> TunnelProcess
+        self.ready = {}         # side -> the tunnel's ready event
+        self.terminated = []    # sides the lab had to stop (SIGTERM)
+        self.stale_sockets = []  # socket files the lab removed afterwards
+        self.during_error = None  # what the ``during`` callback raised
 
     @property
     def bytes(self):
         """Bytes QEMU sent (tunnel count for secure, libvirt's otherwise)."""
         if self.tunnels:
             _, outcome = self.tunnels.get('source', (None, None))
-            return sum(c['src_to_dst']['bytes']
+            return sum(c.get('src_to_dst', {}).get('bytes', 0)
                        for c in (outcome or {}).get('connections', []))
         return self.job.get('data_processed')
 
@@ -257,6 +428,7 @@ class Migration:
                 'bytes': self.bytes,
                 'downtime_ms': self.job.get('downtime'),
                 'job_ms': self.job.get('time_elapsed'),
+                'error': None if self.error is None else str(self.error),
                 'tunnels': {side: out and out.get('status')
                             for side, (_, out) in self.tunnels.items()}}
 
@@ -362,13 +534,20 @@ class Lab:
     # -- guests ------------------------------------------------------------
 
     def guest_xml(self, name, memory_mib=256, marker=MARKER, dirty_kib=1024,
-                  period=0.5):
+                  period=0.5, hog_mib=0):
+        """The guest's domain XML (see guest.sh for the knobs).
+
+        :param hog_mib: the "dirtying memory hard" mode: a loop in the
+            guest rewrites this many MiB without pause (HARD_HOG_MIB).
+        """
         # The uncompressed ELF kernel boots through PVH (guest.sh).
         kernel = os.path.join(self.guest_dir, 'vmlinux')
         initrd = os.path.join(self.guest_dir, 'initrd.gz')
         cmdline = ('console=ttyS0 quiet panic=-1 secmig.marker=%s '
                    'secmig.dirty_kib=%d secmig.period=%s'
                    % (marker, dirty_kib, period))
+        if hog_mib:
+            cmdline += ' secmig.hog_mib=%d' % hog_mib
         serial = '/var/log/libvirt/qemu/%s.serial.log' % name
         return f"""<domain type='qemu'>
   <name>{name}</name>
@@ -477,21 +656,59 @@ class Lab:
             return dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
         return {}
 
-    def migrate_plain(self, src, dst, name, timeout=300):
-        """Plain libvirt p2p live migration over loopback TCP (baseline)."""
+    def _migrate(self, dom, dst, params, flags, result, timeout,
+                 during=None):
+        """migrateToURI3 with a watchdog; fills result.seconds and job.
+
+        ``during(result)`` runs in a thread while libvirt migrates. After
+        ``timeout`` seconds the job is aborted (libvirt then raises).
+        """
+        watchdog = threading.Timer(timeout, _abort_job, args=(dom,))
+        watchdog.daemon = True
+        helper = None
+        if during is not None:
+            helper = threading.Thread(target=_call_logged,
+                                      args=(during, result), daemon=True)
+        watchdog.start()
+        result.started = time.monotonic()
+        try:
+            if helper is not None:
+                helper.start()
+            dom.migrateToURI3(dst.uri, params, flags)
+        finally:
+            result.ended = time.monotonic()
+            result.seconds = result.ended - result.started
+            watchdog.cancel()
+            if helper is not None:
+                helper.join(timeout)
+        result.job = self._job_stats(dst, result.guest)
+
+    def migrate_plain(self, src, dst, name, timeout=300, tls=False):
+        """Plain libvirt p2p live migration over loopback TCP (baseline).
+
+        ``tls=True``: QEMU's native TLS (VIR_MIGRATE_TLS) with the lab's
+        x509 credentials in each host's ``QEMU_TLS_DIR``; same transport
+        and ports otherwise.
+        """
         libvirt = _libvirt()
         uri = 'tcp://127.0.0.1'
-        result = Migration('plain', name, src, dst, uri)
+        result = Migration('tls' if tls else 'plain', name, src, dst, uri)
         dom = src.domain(name)
         if dom is None:
             raise LabError('guest %s is not on %s' % (name, src.name))
         params = {libvirt.VIR_MIGRATE_PARAM_URI: uri,
                   libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS: '127.0.0.1'}
-        t0 = time.monotonic()
-        dom.migrateToURI3(dst.uri, params, self._flags())
-        result.seconds = time.monotonic() - t0
-        result.job = self._job_stats(dst, name)
+        flags = self._flags()
+        if tls:
+            for host in (src, dst):
+                self.pki.qemu_tls(host.outside(QEMU_TLS_DIR), host.hostname)
+            flags |= libvirt.VIR_MIGRATE_TLS
+        self._migrate(dom, dst, params, flags, result, timeout)
         return result
+
+    def migrate_tls(self, src, dst, name, timeout=300):
+        """QEMU native TLS migration (VIR_MIGRATE_TLS); see migrate_plain."""
+        return self.migrate_plain(src, dst, name, timeout=timeout, tls=True)
 
     def tunnel(self, host, params, env=None):
         """Start a secmig-tunnel process inside host's namespaces."""
@@ -511,7 +728,10 @@ class Lab:
         return params
 
     def migrate_secure(self, src, dst, name, migration_id=None,
-                       timeout=300, tunnel_timeout=60):
+                       timeout=300, tunnel_timeout=60, check=True,
+                       destination_params=None, source_params=None,
+                       on_destination_ready=None, grant=None, during=None,
+                       bandwidth_mib=None):
         """Live-migrate through a source and a destination secmig-tunnel.
 
         The destination tunnel runs in dst's namespaces and connects to
@@ -519,6 +739,30 @@ class Lab:
         source tunnel runs in src's namespaces and listens on the same
         path there, which src's libvirt gets as the migrate URI
         (VIR_MIGRATE_PARAM_MIGRATE_URI, libvirt's UNIX transport).
+
+        For the failure tests:
+
+        :param check: if False, a failed migration does not raise: the
+            result has ``error`` (what libvirt raised) and the tunnels'
+            own outcomes (each tunnel gets ``tunnel_timeout`` seconds to
+            end by itself before it is stopped and listed in
+            ``terminated``).
+        :param destination_params, source_params: extra tunnel parameters
+            (e.g. ``advertise_endpoint``).
+        :param on_destination_ready: ``f(result, ready)`` once the
+            destination tunnel listens, before the grant is minted
+            (``ready['bound']`` is where it listens).
+        :param grant: ``f(result, endpoint, instance_uuid, streams)``
+            returning the grant the source tunnel gets (default: the one
+            dst's broker would mint for this migration).
+        :param during: ``f(result)`` run in a thread while libvirt
+            migrates (``result.procs`` has both TunnelProcess objects).
+        :param bandwidth_mib: QEMU's migration bandwidth cap in MiB/s
+            (VIR_MIGRATE_PARAM_BANDWIDTH; default: libvirt's, unlimited).
+
+        Socket files a dead tunnel left in ``/run/secmig`` are removed
+        afterwards, as the compute driver's cleanup would, and listed in
+        ``result.stale_sockets``.
         """
         libvirt = _libvirt()
         migration_id = migration_id or 'lab-%s' % uuid.uuid4().hex[:12]
@@ -530,39 +774,68 @@ class Lab:
         if dom is None:
             raise LabError('guest %s is not on %s' % (name, src.name))
         streams = {'memory': 1}
+        t0 = time.monotonic()
         dst_tunnel = self.tunnel(dst, self.tunnel_params(
             'destination', dst, src, migration_id, {'memory': sock},
-            expect_connections=streams))
+            expect_connections=streams, **(destination_params or {})))
+        result.procs['destination'] = dst_tunnel
         src_tunnel = None
+        migrated = False
         try:
-            endpoint = dst_tunnel.wait_ready()['endpoint']
+            ready = dst_tunnel.wait_ready()
+            result.ready['destination'] = ready
+            endpoint = ready['endpoint']
             result.tunnel_ns['destination'] = _mnt_ns(dst_tunnel.pid)
-            grant = self.pki.grant(src.name, dst.name, endpoint,
-                                   migration_id, dom.UUIDString(), streams)
+            if on_destination_ready is not None:
+                on_destination_ready(result, ready)
+            if grant is None:
+                token = self.pki.grant(src.name, dst.name, endpoint,
+                                       migration_id, dom.UUIDString(),
+                                       streams)
+            else:
+                token = grant(result, endpoint, dom.UUIDString(), streams)
             src_tunnel = self.tunnel(src, self.tunnel_params(
                 'source', src, dst, migration_id, {'memory': sock},
-                grant=grant, expect_connections=streams))
-            src_tunnel.wait_ready()
+                grant=token, expect_connections=streams,
+                **(source_params or {})))
+            result.procs['source'] = src_tunnel
+            result.ready['source'] = src_tunnel.wait_ready()
             result.tunnel_ns['source'] = _mnt_ns(src_tunnel.pid)
+            result.setup_seconds = time.monotonic() - t0
             params = {libvirt.VIR_MIGRATE_PARAM_URI: uri}
-            t0 = time.monotonic()
-            dom.migrateToURI3(dst.uri, params, self._flags())
-            result.seconds = time.monotonic() - t0
-            result.job = self._job_stats(dst, name)
+            if bandwidth_mib:
+                params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = bandwidth_mib
+            try:
+                self._migrate(dom, dst, params, self._flags(), result,
+                              timeout, during)
+                migrated = True
+            except libvirt.libvirtError as e:
+                if check:
+                    raise
+                result.error = e
             for side, tunnel in (('source', src_tunnel),
                                  ('destination', dst_tunnel)):
-                result.tunnels[side] = tunnel.wait(tunnel_timeout)
+                try:
+                    result.tunnels[side] = tunnel.wait(tunnel_timeout)
+                except process.TunnelProcessError:
+                    if migrated:
+                        raise
+                    result.terminated.append(side)
+                    result.tunnels[side] = tunnel.terminate(10)
         except BaseException as e:
             for side, tunnel in (('source', src_tunnel),
                                  ('destination', dst_tunnel)):
-                if tunnel is not None:
-                    result.tunnels.setdefault(side, tunnel.terminate(10))
+                if tunnel is not None and side not in result.tunnels:
+                    result.tunnels[side] = tunnel.terminate(10)
             if isinstance(e, Exception):
-                raise LabError('secure migration %s of %s %s->%s failed: '
-                               '%s\ntunnels: %s\nstderr: %s'
-                               % (migration_id, name, src.name, dst.name,
-                                  e, json.dumps(result.tunnels)[-3000:],
-                                  self._stderr(src_tunnel, dst_tunnel)))
+                error = LabError(
+                    'secure migration %s of %s %s->%s failed: %s\n'
+                    'tunnels: %s\nstderr: %s'
+                    % (migration_id, name, src.name, dst.name, e,
+                       json.dumps(result.tunnels)[-3000:],
+                       self._stderr(src_tunnel, dst_tunnel)))
+                error.result = result
+                raise error
             raise
         finally:
             for side, tunnel in (('source', src_tunnel),
@@ -571,11 +844,187 @@ class Lab:
                     result.tunnel_stderr[side] = tunnel.stderr
                     with contextlib.suppress(ValueError):
                         self._tunnels.remove(tunnel)
+            for host in (src, dst):
+                path = host.outside(sock)
+                if os.path.lexists(path) and not _listening(path):
+                    os.unlink(path)
+                    result.stale_sockets.append('%s:%s' % (host.name, sock))
         return result
+
+    # -- packet capture -------------------------------------------------------
+
+    def capture(self, ports, name='capture'):
+        """Start tcpdump on ``lo`` for TCP ``ports``; returns a Capture."""
+        path = os.path.join(self.root, '%s-%s.pcap'
+                            % (name, uuid.uuid4().hex[:8]))
+        return Capture(path, ports).start()
 
     @staticmethod
     def _stderr(*tunnels):
         return '\n'.join(t.stderr[-1500:] for t in tunnels if t is not None)
+
+
+def _abort_job(dom):
+    with contextlib.suppress(Exception):   # the job may have ended
+        dom.abortJob()
+
+
+def _call_logged(func, result):
+    try:
+        func(result)
+    except Exception as e:  # noqa: the caller checks result.during_error
+        result.during_error = e
+
+
+def _listening(path):
+    """Whether something accepts connections on the UNIX socket path."""
+    import socket
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+class Capture:
+    """tcpdump on the loopback interface for some TCP ports.
+
+    ``ports``: port numbers and ``(low, high)`` ranges. Every hop of the
+    lab's migrations is on ``lo`` (one network namespace), so this sees
+    exactly what a wire tap between the hosts would.
+    """
+
+    def __init__(self, path, ports):
+        self.path = path
+        parts = []
+        for p in ports:
+            if isinstance(p, (tuple, list)):
+                parts.append('tcp portrange %d-%d' % tuple(p))
+            else:
+                parts.append('tcp port %d' % p)
+        self.filter = ' or '.join(parts)
+        self.proc = None
+        self.stats = {}
+        self._err = []
+        self._ready = threading.Event()
+
+    def start(self, timeout=10):
+        if shutil.which('tcpdump') is None:
+            raise LabError('tcpdump is not installed: run '
+                           'tools/lab/install.sh')
+        # -U: write each packet at once; -B: 64 MiB kernel buffer (a
+        # migration on loopback is fast); -Z root: the file stays root's.
+        self.proc = subprocess.Popen(
+            ['tcpdump', '-i', 'lo', '-n', '-U', '-B', '65536', '-s', '0',
+             '-Z', 'root', '-w', self.path, self.filter],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        threading.Thread(target=self._read_err, daemon=True).start()
+        if not self._ready.wait(timeout):
+            self.stop()
+            raise LabError('tcpdump did not start: %s' % ''.join(self._err))
+        return self
+
+    def _read_err(self):
+        for line in self.proc.stderr:
+            self._err.append(line)
+            if 'listening on' in line:
+                self._ready.set()
+        self._ready.set()
+
+    def stop(self):
+        """Stop tcpdump; returns its counters (captured, dropped...)."""
+        if self.proc.poll() is None:
+            # Let the last packets reach the file.
+            time.sleep(0.3)
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        text = ''.join(self._err)
+        for m in re.finditer(r'(\d+) packets? (captured|received by filter|'
+                             r'dropped by kernel)', text):
+            self.stats[m.group(2).replace(' ', '_')] = int(m.group(1))
+        return self.stats
+
+    @property
+    def stderr(self):
+        return ''.join(self._err)
+
+    def read(self):
+        with open(self.path, 'rb') as f:
+            return f.read()
+
+    def streams(self):
+        """TCP payload per direction: {(src, sport, dst, dport): bytes}.
+
+        Reassembled by sequence number, so a string cut across two
+        packets is found too.
+        """
+        return tcp_streams(self.read())
+
+    def remove(self):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+def tcp_streams(pcap):
+    """Reassemble the TCP payload of a pcap file, per direction."""
+    magic = pcap[:4]
+    if magic in (b'\xd4\xc3\xb2\xa1', b'\x4d\x3c\xb2\xa1'):
+        endian = '<'
+    elif magic in (b'\xa1\xb2\xc3\xd4', b'\xa1\xb2\x3c\x4d'):
+        endian = '>'
+    else:
+        raise LabError('not a pcap file')
+    linktype = struct.unpack(endian + 'I', pcap[20:24])[0]
+    link_len = {1: 14, 113: 16}.get(linktype)
+    if link_len is None:
+        raise LabError('unsupported pcap link type %d' % linktype)
+    segments = {}
+    off = 24
+    view = memoryview(pcap)
+    while off + 16 <= len(pcap):
+        incl = struct.unpack(endian + 'I', pcap[off + 8:off + 12])[0]
+        pkt = view[off + 16:off + 16 + incl]
+        off += 16 + incl
+        ethertype = struct.unpack('>H', pkt[link_len - 2:link_len])[0]
+        ip = pkt[link_len:]
+        if ethertype == 0x0800 and len(ip) >= 20 and ip[9] == 6:
+            ihl = (ip[0] & 0x0f) * 4
+            total = struct.unpack('>H', ip[2:4])[0]
+            src, dst = bytes(ip[12:16]), bytes(ip[16:20])
+            tcp = ip[ihl:total]
+        elif ethertype == 0x86dd and len(ip) >= 40 and ip[6] == 6:
+            plen = struct.unpack('>H', ip[4:6])[0]
+            src, dst = bytes(ip[8:24]), bytes(ip[24:40])
+            tcp = ip[40:40 + plen]
+        else:
+            continue
+        if len(tcp) < 20:
+            continue
+        sport, dport, seq = struct.unpack('>HHI', tcp[:8])
+        payload = tcp[(tcp[12] >> 4) * 4:]
+        if not len(payload):
+            continue
+        key = (str(ipaddress.ip_address(src)), sport,
+               str(ipaddress.ip_address(dst)), dport)
+        segments.setdefault(key, []).append((seq, bytes(payload)))
+    streams = {}
+    for key, segs in segments.items():
+        base = segs[0][0]
+        out = bytearray()
+        for rel, data in sorted(((seq - base) % (1 << 32), data)
+                                for seq, data in segs):
+            if rel + len(data) <= len(out):
+                continue            # a retransmission
+            out += data[max(0, len(out) - rel):]
+        streams[key] = bytes(out)
+    return streams
 
 
 def main(argv=None):

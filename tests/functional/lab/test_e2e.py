@@ -1,0 +1,556 @@
+"""End to end on real libvirt and QEMU: the tunnel fails closed, hides the
+guest's memory and keeps concurrent migrations apart.
+
+No mocks and no skips; one lab (tools/lab: two libvirtds in their own
+mount/UTS namespaces, TCG guests) for the whole class, as in
+test_lab_migration.py, which covers the successful migration A->B->A with
+receipts. Here:
+
+* a proxy in the tunnel path flips one byte mid-stream;
+* the source tunnel holds a grant for another destination host (two
+  ways: the pinned certificate is another host's, or the named endpoint
+  is another host's);
+* the source tunnel is killed (SIGKILL) mid-stream;
+* tcpdump on ``lo`` sees the marker string the guest keeps in memory in a
+  plain migration, and not in the tunnel's traffic;
+* two guests migrate at once through two tunnel pairs.
+
+After each failure the guest must still run on host a, with its heartbeat
+rising in a's serial log and no reboot, libvirt's migrateToURI3 must have
+raised, both tunnels must have ended non-zero with the named reason, and
+no tunnel process or socket file may be left on either host.
+"""
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+
+import testtools
+from testtools import content
+from tools.lab import lab as lab_mod
+
+from secmig_nova.authz import tokens
+from secmig_nova.trust import store
+from tests.functional import tunnel_harness as harness
+
+MIB = 1 << 20
+BOOT_TIMEOUT = 90
+BEAT_TIMEOUT = 30
+MIGRATE_TIMEOUT = 120
+# Offset in the TLS byte stream (source -> destination) of the flipped
+# byte: well after the handshake and the first guest pages, well before
+# the ~130 MiB of a migration are through.
+FLIP_AT = 8 * MIB
+# The source tunnel is killed once QEMU reports this much sent ...
+KILL_AFTER = 16 * MIB
+# ... with QEMU's bandwidth capped (MiB/s; QEMU sends a tenth of it at the
+# start of every 100 ms window), half a window after a burst: the
+# destination tunnel has passed everything on to its QEMU and waits for
+# more when its peer dies (see the test's docstring).
+KILL_BANDWIDTH = 16
+KILL_DELAY = 0.05
+# Bytes a refused source may send before the refusal: the TLS handshake
+# and an ABORT frame, never a guest page batch.
+HANDSHAKE_BYTES = 16 * 1024
+
+
+def _marker():
+    """A marker nothing else on this machine contains (45 characters)."""
+    return '%s-%s' % (lab_mod.MARKER, uuid.uuid4().hex[:16])
+
+
+class CountingProxy(harness.Proxy):
+    """tunnel_harness.Proxy that also counts what it forwarded."""
+
+    def __init__(self, target=None, flip_at=None):
+        self.forwarded = {'src_to_dst': 0, 'dst_to_src': 0}
+        self.connections = 0
+        self._count_lock = threading.Lock()
+        super().__init__(target, flip_at=flip_at)
+
+    def _pump(self, src, dst, forward):
+        key = 'src_to_dst' if forward else 'dst_to_src'
+        if forward:
+            with self._count_lock:
+                self.connections += 1
+        offset = 0
+        try:
+            while True:
+                chunk = bytearray(src.recv(65536))
+                if not chunk:
+                    break
+                if forward and self.flip_at is not None and \
+                        offset <= self.flip_at < offset + len(chunk):
+                    chunk[self.flip_at - offset] ^= 0x01
+                    self.flipped = True
+                dst.sendall(chunk)
+                offset += len(chunk)
+                with self._count_lock:
+                    self.forwarded[key] += len(chunk)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+class EndToEndTest(testtools.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.lab = lab_mod.Lab.temporary()
+        try:
+            cls.lab.start()
+        except BaseException:
+            cls.lab.teardown()
+            raise
+        cls.a = cls.lab.host('a')
+        cls.b = cls.lab.host('b')
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.lab.teardown()
+        super().tearDownClass()
+
+    # -- helpers -------------------------------------------------------------
+
+    def boot(self, host, name, marker=None):
+        """Boot a guest with its own marker; wait for two heartbeats."""
+        marker = marker or _marker()
+        self.addCleanup(self.lab.destroy_guest, name)
+        self.lab.start_guest(host, name, marker=marker)
+        for each in (self.a, self.b):
+            self.addDetail('%s-serial-%s' % (name, each.name),
+                           content.Content(content.UTF8_TEXT,
+                                           lambda h=each: [self.lab.serial(
+                                               h, name)[-3000:]]))
+        self.lab.wait_heartbeat(host, name, above=1, timeout=BOOT_TIMEOUT)
+        booted = self.lab.serial(host, name)
+        self.assertIn(('marker=%s ' % marker).encode(), booted)
+        return marker
+
+    def mark(self, host, name):
+        return len(self.lab.serial(host, name))
+
+    def record(self, result, **extra):
+        outcomes = {}
+        for side, (rc, out) in result.tunnels.items():
+            outcomes[side] = {'rc': rc}
+            if out:
+                outcomes[side].update(
+                    {k: out.get(k) for k in ('status', 'reason', 'message')},
+                    connections=[{k: c.get(k) for k in (
+                        'status', 'reason', 'src_to_dst', 'dst_to_src')}
+                        for c in out.get('connections', [])])
+        detail = dict(result.summary(), stale_sockets=result.stale_sockets,
+                      terminated=result.terminated, outcomes=outcomes,
+                      **extra)
+        self.addDetail('migration-%s-%s' % (result.kind, result.guest),
+                       content.text_content(json.dumps(detail, default=str)))
+        for side, text in result.tunnel_stderr.items():
+            self.addDetail('tunnel-%s-%s-stderr' % (result.guest, side),
+                           content.text_content(text[-4000:]))
+
+    def assertStillOnSource(self, name, src, dst, dst_mark):
+        """The failed migration left the guest running on src, unharmed."""
+        libvirt = lab_mod._libvirt()
+        self.assertIsNone(dst.domain(name),
+                          '%s is defined on %s after the failed migration'
+                          % (name, dst.name))
+        dom = src.domain(name)
+        self.assertIsNotNone(dom, '%s is gone from %s' % (name, src.name))
+        self.assertTrue(dom.isActive())
+        self.assertEqual(libvirt.VIR_DOMAIN_RUNNING, dom.state()[0])
+        # The heartbeat keeps rising in src's log (two more beats).
+        last = self.lab.heartbeats(src, name)[-1]
+        newest = self.lab.wait_heartbeat(src, name, above=last + 1,
+                                         timeout=BEAT_TIMEOUT)
+        self.assertGreater(newest, last)
+        # Never restarted; nothing ran on dst.
+        self.assertEqual(1, self.lab.serial(src, name).count(lab_mod.BOOTED))
+        self.assertEqual([], self.lab.heartbeats(dst, name, since=dst_mark))
+
+    def assertCleanedUp(self, result, killed_source=False):
+        """What the lab (as the compute driver would) had to remove.
+
+        libvirt kills the destination QEMU of a failed migration, and
+        QEMU 7.2 unlinks its incoming UNIX socket only when an incoming
+        migration ends normally, so b's ``/run/secmig/<id>.sock`` is left
+        to the orchestrator; a source tunnel removes its own socket unless
+        it is SIGKILLed. Then nothing may be left anywhere.
+        """
+        sock = '%s/%s.sock' % (lab_mod.SOCKET_DIR, result.migration_id)
+        expected = ['b:' + sock]
+        if killed_source:
+            expected.insert(0, 'a:' + sock)
+        self.assertEqual(expected, result.stale_sockets)
+        self.assertNothingLeft(result)
+
+    def assertNothingLeft(self, result):
+        """No tunnel process, no socket file, on either host."""
+        for side, proc in result.procs.items():
+            self.assertIsNotNone(proc.proc.poll(),
+                                 '%s tunnel still runs' % side)
+        for host in (self.a, self.b):
+            self.assertEqual([], host.tunnel_pids(),
+                             'tunnel processes left on %s' % host.name)
+            self.assertEqual([], host.socket_files(),
+                             'files left in %s on %s'
+                             % (lab_mod.SOCKET_DIR, host.name))
+
+    def assertFailedWith(self, result, side, reason, status):
+        rc, outcome = result.tunnels[side]
+        self.assertIsNotNone(outcome, '%s tunnel printed no outcome: %s'
+                             % (side, result.tunnel_stderr[side][-2000:]))
+        self.assertNotEqual(0, rc, outcome)
+        self.assertEqual((status, reason),
+                         (outcome['status'], outcome.get('reason')),
+                         '%s tunnel: %s\n%s' % (
+                             side, outcome,
+                             result.tunnel_stderr.get(side, '')[-2000:]))
+        return outcome
+
+    def assertMigrationRaised(self, result):
+        libvirt = lab_mod._libvirt()
+        self.assertIsInstance(result.error, libvirt.libvirtError,
+                              'the migration did not fail')
+        self.assertIsNone(result.during_error)
+        # Both tunnels ended by themselves, none had to be stopped.
+        self.assertEqual([], result.terminated)
+
+    @staticmethod
+    def sent(outcome):
+        """Plaintext bytes the tunnel moved source -> destination."""
+        return sum(c.get('src_to_dst', {}).get('bytes', 0)
+                   for c in outcome['connections'])
+
+    def _store(self, host):
+        trust = self.lab.pki.trust(host.name)
+        return store.TrustStore.load(trust['cloud_id'], trust['ca_file'])
+
+    def assertReceipts(self, result, src, dst, instance_uuid):
+        """Both receipts verify, agree and name this migration."""
+        conns = {}
+        for side in ('source', 'destination'):
+            rc, outcome = result.tunnels[side]
+            self.assertEqual((0, 'completed'), (rc, outcome['status']),
+                             '%s tunnel: %s' % (side, outcome))
+            self.assertEqual(1, len(outcome['connections']))
+            conns[side] = outcome['connections'][0]
+        s, d = conns['source'], conns['destination']
+        self.assertEqual(s['src_to_dst'], d['src_to_dst'])
+        self.assertEqual(s['dst_to_src'], d['dst_to_src'])
+        self.assertGreater(s['src_to_dst']['bytes'], 10 * MIB)
+        src_claims, _ = tokens.verify_receipt(
+            s['source_receipt'], self._store(src),
+            expected_fingerprint=s['src_fingerprint'])
+        dst_claims, _ = tokens.verify_receipt(
+            d['destination_receipt'], self._store(dst),
+            expected_fingerprint=d['dst_fingerprint'])
+        for claims in (src_claims, dst_claims):
+            self.assertEqual(s['src_to_dst'], claims['src_to_dst'])
+            self.assertEqual(result.migration_id, claims['migration_id'])
+            self.assertEqual(instance_uuid, claims['instance_uuid'])
+        return s
+
+    def assertContinued(self, name, src, dst, mark):
+        last_on_src = self.lab.heartbeats(src, name)[-1]
+        self.lab.wait_heartbeat(dst, name, timeout=BEAT_TIMEOUT, since=mark)
+        first = self.lab.heartbeats(dst, name, since=mark)[0]
+        self.assertTrue(last_on_src < first <= last_on_src + 2,
+                        'last heartbeat on %s %d, first on %s %d'
+                        % (src.name, last_on_src, dst.name, first))
+        self.assertNotIn(lab_mod.BOOTED, self.lab.serial(dst, name)[mark:])
+        newest = self.lab.wait_heartbeat(dst, name, above=first + 1,
+                                         timeout=BEAT_TIMEOUT, since=mark)
+        self.assertGreater(newest, first)
+
+    # -- tests ---------------------------------------------------------------
+
+    def test_byte_flipped_in_tunnel_path(self):
+        """One bit flipped on the wire: stream_tampered, guest stays on a."""
+        a, b = self.a, self.b
+        self.boot(a, 'flip')
+        proxy = harness.Proxy(None, flip_at=FLIP_AT)
+        self.addCleanup(proxy.close)
+
+        def through_proxy(_result, ready):
+            proxy.target = ready['bound']
+
+        mark = self.mark(b, 'flip')
+        result = self.lab.migrate_secure(
+            a, b, 'flip', check=False, timeout=MIGRATE_TIMEOUT,
+            destination_params={'advertise_endpoint': proxy.endpoint},
+            on_destination_ready=through_proxy)
+        self.record(result)
+        self.assertMigrationRaised(result)
+        self.assertTrue(proxy.flipped, 'the proxy never reached the offset')
+        self.assertEqual(proxy.endpoint, result.ready['destination']
+                         ['endpoint'])
+        src_out = self.assertFailedWith(result, 'source', 'stream_tampered',
+                                        'failed')
+        dst_out = self.assertFailedWith(result, 'destination',
+                                        'stream_tampered', 'failed')
+        # Mid-stream: guest memory went through before the flipped byte;
+        # less than the bytes before it reached the destination QEMU.
+        self.assertGreater(self.sent(dst_out), MIB)
+        self.assertLess(self.sent(dst_out), FLIP_AT)
+        self.assertGreater(self.sent(src_out), self.sent(dst_out))
+        self.assertStillOnSource('flip', a, b, mark)
+        self.assertCleanedUp(result)
+
+    def _wrong_destination(self, name, grant_for, advertise_proxy):
+        a, b = self.a, self.b
+        self.boot(a, name)
+        proxy = CountingProxy()
+        self.addCleanup(proxy.close)
+
+        def through_proxy(_result, ready):
+            proxy.target = ready['bound']
+
+        mark = self.mark(b, name)
+        extra = {'advertise_endpoint': proxy.endpoint} \
+            if advertise_proxy else {}
+        result = self.lab.migrate_secure(
+            a, b, name, check=False, timeout=MIGRATE_TIMEOUT,
+            destination_params=extra, on_destination_ready=through_proxy,
+            grant=lambda result, endpoint, instance_uuid, streams:
+                grant_for(result, proxy.endpoint, instance_uuid, streams))
+        self.record(result, proxy=proxy.forwarded)
+        self.assertMigrationRaised(result)
+        # The source did connect (through the proxy) and was refused
+        # before it read anything from QEMU: no guest memory left host a.
+        self.assertEqual(1, proxy.connections)
+        self.assertLess(proxy.forwarded['src_to_dst'], HANDSHAKE_BYTES)
+        return result, mark
+
+    def assertRefusedBeforeMemory(self, result, name, mark, reason):
+        src_out = self.assertFailedWith(result, 'source', reason, 'refused')
+        dst_out = self.assertFailedWith(result, 'destination', reason,
+                                        'refused')
+        # The source tunnel never read guest memory from QEMU, the
+        # destination tunnel never passed a byte to its QEMU: neither got
+        # as far as a pump (a connection record without byte counts).
+        self.assertEqual(0, self.sent(src_out))
+        self.assertEqual(0, self.sent(dst_out))
+        for out in (src_out, dst_out):
+            self.assertEqual(1, len(out['connections']))
+            self.assertNotIn('src_to_dst', out['connections'][0])
+        self.assertStillOnSource(name, self.a, self.b, mark)
+        self.assertCleanedUp(result)
+
+    def test_grant_pins_another_destination_host(self):
+        """Grant for host lab-c (its certificate), the source lands on b.
+
+        The source pins lab-c's certificate and refuses b's at the TLS
+        handshake (fingerprint_mismatch), before HELLO; b hears it by an
+        ABORT.
+        """
+        other = self.lab.pki.other_host('b', 'lab-c')
+
+        def grant_for_c(result, endpoint, instance_uuid, streams):
+            return self.lab.pki.grant(
+                'a', 'b', endpoint, result.migration_id, instance_uuid,
+                streams, dst_host='lab-c', dst_fingerprint=other.fingerprint)
+
+        result, mark = self._wrong_destination('pinned', grant_for_c,
+                                               advertise_proxy=True)
+        self.assertNotEqual(other.fingerprint,
+                            result.ready['destination']['fingerprint'])
+        self.assertRefusedBeforeMemory(result, 'pinned', mark,
+                                       'fingerprint_mismatch')
+
+    def test_grant_names_another_destination_endpoint(self):
+        """Grant for host lab-c's endpoint, which leads to b's tunnel.
+
+        b's certificate matches the pin, so b itself refuses: the grant
+        does not name b's endpoint (grant_wrong_destination).
+        """
+        def grant_for_c(result, endpoint, instance_uuid, streams):
+            return self.lab.pki.grant(
+                'a', 'b', endpoint, result.migration_id, instance_uuid,
+                streams, dst_host='lab-c')
+
+        result, mark = self._wrong_destination('endpoint', grant_for_c,
+                                               advertise_proxy=False)
+        self.assertNotEqual(result.ready['destination']['endpoint'],
+                            tokens.unverified_claims(
+                                result.procs['source'].params['grant'])
+                            ['dst_endpoint'])
+        self.assertRefusedBeforeMemory(result, 'endpoint', mark,
+                                       'grant_wrong_destination')
+
+    def test_source_tunnel_killed_mid_stream(self):
+        """SIGKILL to the source tunnel: b reports truncated, guest on a.
+
+        The destination tunnel can name the truncation only if it sees its
+        peer's end before libvirt kills the destination QEMU (~15 ms after
+        the source QEMU hit the broken socket). With a backlog for its QEMU
+        it does not read the TLS side, and the dead source's FIN waits in
+        the source kernel behind data not yet read (TCP flow control), so
+        it reports local_endpoint_unavailable instead (10 runs of 10
+        unthrottled). Capping QEMU's bandwidth and killing between two
+        bursts leaves no backlog.
+        """
+        a, b = self.a, self.b
+        self.boot(a, 'killed')
+        libvirt = lab_mod._libvirt()
+        dom = a.domain('killed')
+        seen = {}
+
+        def kill_source(result):
+            deadline = time.monotonic() + MIGRATE_TIMEOUT
+            while time.monotonic() < deadline:
+                stats = dom.jobStats()
+                if stats.get('type') == libvirt.VIR_DOMAIN_JOB_UNBOUNDED \
+                        and stats.get('memory_processed', 0) >= KILL_AFTER:
+                    time.sleep(KILL_DELAY)
+                    seen['at_kill'] = stats['memory_processed']
+                    seen['total'] = stats.get('memory_total')
+                    os.kill(result.procs['source'].pid, signal.SIGKILL)
+                    seen['killed_at'] = time.time()
+                    return
+                time.sleep(0.005)
+            raise AssertionError('the migration never got going')
+
+        mark = self.mark(b, 'killed')
+        result = self.lab.migrate_secure(a, b, 'killed', check=False,
+                                         timeout=MIGRATE_TIMEOUT,
+                                         during=kill_source,
+                                         bandwidth_mib=KILL_BANDWIDTH)
+        self.record(result, at_kill=seen)
+        self.assertMigrationRaised(result)
+        self.assertIn('at_kill', seen)
+        rc, outcome = result.tunnels['source']
+        self.assertEqual((-signal.SIGKILL, None), (rc, outcome))
+        dst_out = self.assertFailedWith(result, 'destination', 'truncated',
+                                        'failed')
+        # Killed mid-stream: guest memory had gone through, not all of it.
+        self.assertGreater(self.sent(dst_out), MIB)
+        self.assertStillOnSource('killed', a, b, mark)
+        self.assertCleanedUp(result, killed_source=True)
+
+    def test_capture_shows_marker_only_without_tunnel(self):
+        """tcpdump on lo: plain migration leaks the marker, tunnel not."""
+        a, b = self.a, self.b
+        marker = self.boot(a, 'wiretap').encode()
+
+        # Control: a plain migration a -> b on b's migration ports.
+        plain_cap = self.lab.capture([b.migration_ports()], 'plain')
+        self.addCleanup(plain_cap.remove)
+        mark = self.mark(b, 'wiretap')
+        plain = self.lab.migrate_plain(a, b, 'wiretap',
+                                       timeout=MIGRATE_TIMEOUT)
+        plain_stats = plain_cap.stop()
+        self.record(plain)
+        self.assertContinued('wiretap', a, b, mark)
+        plain_streams = plain_cap.streams()
+        plain_bytes = sum(len(v) for v in plain_streams.values())
+        plain_hits = sum(v.count(marker) for v in plain_streams.values())
+
+        # The same guest back b -> a through the tunnel, capturing the
+        # destination tunnel's port from before the source connects.
+        caps = []
+
+        def tap(_result, ready):
+            port = int(ready['bound'].rsplit(':', 1)[1])
+            caps.append(self.lab.capture([port], 'secure'))
+            self.addCleanup(caps[0].remove)
+
+        mark = self.mark(a, 'wiretap')
+        secure = self.lab.migrate_secure(b, a, 'wiretap',
+                                         timeout=MIGRATE_TIMEOUT,
+                                         on_destination_ready=tap)
+        secure_stats = caps[0].stop()
+        self.record(secure)
+        self.assertContinued('wiretap', b, a, mark)
+        tunnel = self.assertReceipts(secure, b, a,
+                                     a.domain('wiretap').UUIDString())
+        secure_raw = caps[0].read()
+        secure_streams = caps[0].streams()
+        secure_bytes = sum(len(v) for v in secure_streams.values())
+        self.addDetail('captures', content.text_content(json.dumps({
+            'plain': dict(plain_stats, payload_bytes=plain_bytes,
+                          marker_hits=plain_hits,
+                          qemu_bytes=plain.bytes),
+            'secure': dict(secure_stats, payload_bytes=secure_bytes,
+                           tunnel_bytes=tunnel['src_to_dst']['bytes'])})))
+
+        # Both captures are complete: nothing dropped, every byte there.
+        for stats in (plain_stats, secure_stats):
+            self.assertEqual(0, stats.get('dropped_by_kernel'), stats)
+        self.assertGreaterEqual(plain_bytes, plain.bytes)
+        self.assertGreaterEqual(secure_bytes,
+                                tunnel['src_to_dst']['bytes'])
+        # The control: the guest's memory crosses a plain migration in
+        # clear, marker and all (4 MiB of marker lines in its tmpfs).
+        self.assertGreater(plain_hits, 1000)
+        self.assertIn(marker, plain_cap.read())
+        # The tunnel: not once, neither in the raw capture nor in the
+        # reassembled TCP streams (a marker cut across two packets).
+        self.assertNotIn(marker, secure_raw)
+        for stream in secure_streams.values():
+            self.assertNotIn(marker, stream)
+            self.assertNotIn(lab_mod.MARKER.encode(), stream)
+            self.assertNotIn(b'SECMIG-HEARTBEAT', stream)
+
+    def test_two_migrations_at_once(self):
+        """Two guests, two tunnel pairs, at the same time: no cross-talk."""
+        a, b = self.a, self.b
+        names = ('twin1', 'twin2')
+        markers = {name: self.boot(a, name).encode() for name in names}
+        uuids = {name: a.domain(name).UUIDString() for name in names}
+        marks = {name: self.mark(b, name) for name in names}
+        results, errors = {}, {}
+        go = threading.Barrier(len(names))
+
+        def migrate(name):
+            try:
+                go.wait(30)
+                results[name] = self.lab.migrate_secure(
+                    a, b, name, timeout=MIGRATE_TIMEOUT)
+            except Exception as e:  # noqa: reported below
+                errors[name] = e
+
+        threads = [threading.Thread(target=migrate, args=(name,))
+                   for name in names]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(MIGRATE_TIMEOUT + 60)
+        self.assertEqual({}, errors)
+        for name in names:
+            self.record(results[name])
+        r1, r2 = results['twin1'], results['twin2']
+        # They really ran at the same time, on separate tunnels.
+        self.assertLess(max(r1.started, r2.started),
+                        min(r1.ended, r2.ended))
+        self.assertNotEqual(r1.migration_id, r2.migration_id)
+        self.assertNotEqual(r1.ready['destination']['bound'],
+                            r2.ready['destination']['bound'])
+        for name in names:
+            result = results[name]
+            other = [n for n in names if n != name][0]
+            self.assertIsNone(a.domain(name))
+            self.assertTrue(b.domain(name).isActive())
+            self.assertEqual(uuids[name], b.domain(name).UUIDString())
+            # Each pair's receipts name its own guest and migration.
+            self.assertReceipts(result, a, b, uuids[name])
+            self.assertContinued(name, a, b, marks[name])
+            after = self.lab.serial(b, name)[marks[name]:]
+            self.assertIn(markers[name], after)
+            self.assertNotIn(markers[other], after)
+            # Its RAM on b is its own: its marker, never the other's.
+            memory = self.lab.memory_dump(b, name)
+            self.assertGreater(memory.count(markers[name]), 1000)
+            self.assertNotIn(markers[other], memory)
+        self.assertNothingLeft(r1)
+        self.assertNothingLeft(r2)
