@@ -118,7 +118,76 @@ grants and tickets.
 """),
 ]
 
-ALL_OPTS = identity_opts + tunnel_opts
+ENFORCEMENT_MODES = ('required', 'preferred', 'disabled')
+
+driver_opts = [
+    cfg.StrOpt('enforcement',
+               default='required',
+               choices=[
+                   ('required', 'every live migration from or to this host '
+                    'goes through the secmig tunnel; one that cannot is '
+                    'refused before anything moves'),
+                   ('preferred', 'use the tunnel when both hosts offer '
+                    'it, migrate plainly otherwise'),
+                   ('disabled', 'behave exactly like the plain libvirt '
+                    'driver'),
+               ],
+               help="""
+Enforcement of secure live migration on this compute host
+(``compute_driver = secmig.SecureLibvirtDriver``). A flavor extra spec
+``secmig:enforcement`` replaces it for the flavor's servers; an image
+property ``secmig:enforcement`` can only make it stricter. With
+``disabled`` the driver neither loads certificates nor offers the tunnel,
+but still refuses servers whose flavor or image requires it.
+"""),
+    cfg.FloatOpt('tunnel_ready_timeout',
+                 default=30.0,
+                 min=1.0,
+                 help="""
+Seconds a tunnel process may take to report that it listens (on the
+destination: its TLS port; on the source: the QEMU sockets) before the
+migration is refused.
+"""),
+    cfg.FloatOpt('tunnel_result_timeout',
+                 default=60.0,
+                 min=1.0,
+                 help="""
+Seconds to wait, after libvirt finished the migration, for the tunnel to
+exchange the signed receipts and report its outcome. A tunnel still
+running then is stopped and the migration is audited as failed.
+"""),
+]
+
+broker_client_opts = [
+    cfg.StrOpt('broker_transport_url',
+               secret=True,
+               help="""
+oslo.messaging transport URL of the message bus this cloud's
+``secmig-broker`` listens on. Unset: nova's own ``[DEFAULT]
+transport_url``.
+"""),
+    cfg.StrOpt('broker_topic',
+               default='secmig_broker',
+               help="""
+RPC topic of this cloud's broker; must equal the broker's
+``[secmig_broker] topic``.
+"""),
+    cfg.IntOpt('broker_timeout',
+               default=30,
+               min=1,
+               help="""
+Seconds to wait for the broker's answer to a ticket, grant, registration or
+receipt request; a broker that does not answer in time refuses the
+migration (fail closed).
+"""),
+    cfg.StrOpt('broker_version_cap',
+               help="""
+Highest broker RPC API version this host sends (rolling upgrades: the
+version of the oldest broker still running).
+"""),
+]
+
+ALL_OPTS = identity_opts + tunnel_opts + driver_opts + broker_client_opts
 
 
 def _group(template):

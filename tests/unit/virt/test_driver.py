@@ -1,0 +1,617 @@
+"""Unit tests of SecureLibvirtDriver: each override, with nova mocked.
+
+The driver is built for real (``read_only``, no libvirtd connection); the
+LibvirtDriver methods it extends and the orchestration object are mocks, so
+each test shows the one step the override adds and that ``super()`` is
+called with the same arguments. tests/functional/nova runs the same code
+inside nova's own functional framework.
+"""
+
+import inspect
+from unittest import mock
+
+import libvirt
+from nova.compute import provider_tree
+from nova import exception
+from nova import objects
+from nova.virt import driver as nova_driver
+from nova.virt.libvirt import driver as libvirt_driver
+from oslo_config import cfg
+from oslo_config import fixture as config_fixture
+import testtools
+
+from secmig_nova.virt import driver
+from secmig_nova.virt import enforcement
+from secmig_nova.virt import migration
+
+CONF = cfg.CONF
+LIBVIRT = 'nova.virt.libvirt.driver.LibvirtDriver.'
+MID = '11111111-2222-4333-8444-555555555555'
+UUID = '6a1f5d7e-0000-4000-8000-0000000000bb'
+
+objects.register_all()
+
+
+def public_api(cls):
+    return {name: value for name, value in inspect.getmembers(
+        cls, inspect.isfunction) if not name.startswith('_')}
+
+
+class TestSignatures(testtools.TestCase):
+    """The driver's API is nova's ComputeDriver API, signature for signature.
+
+    (nova's own libvirt tests do the same with assertPublicAPISignatures.)
+    """
+
+    def test_public_api_matches_compute_driver(self):
+        base = public_api(nova_driver.ComputeDriver)
+        ours = public_api(driver.SecureLibvirtDriver)
+        self.assertEqual([], sorted(set(ours) - set(base)),
+                         'public methods ComputeDriver does not have')
+        mismatched = [
+            name for name in sorted(ours)
+            if inspect.getfullargspec(base[name])[:-1] !=
+            inspect.getfullargspec(ours[name])[:-1]]
+        self.assertEqual([], mismatched)
+
+    def test_overrides_keep_libvirt_signatures(self):
+        overrides = [name for name, value in
+                     vars(driver.SecureLibvirtDriver).items()
+                     if inspect.isfunction(value) and
+                     hasattr(libvirt_driver.LibvirtDriver, name)]
+        self.assertIn('_live_migration_operation', overrides)
+        self.assertIn('pre_live_migration', overrides)
+        for name in overrides:
+            self.assertEqual(
+                inspect.signature(getattr(libvirt_driver.LibvirtDriver,
+                                          name)),
+                inspect.signature(getattr(driver.SecureLibvirtDriver, name)),
+                name)
+
+    def test_reexport_for_nova(self):
+        import nova.virt.secmig
+        self.assertIs(driver.SecureLibvirtDriver,
+                      nova.virt.secmig.SecureLibvirtDriver)
+        # nova's own packages are still nova's.
+        import nova.virt.libvirt
+        self.assertIn('site-packages', nova.virt.libvirt.__file__)
+
+
+class Instance:
+    """Just what the driver reads from an instance."""
+
+    def __init__(self, flavor_mode=None, image_mode=None):
+        specs = {enforcement.KEY: flavor_mode} if flavor_mode else {}
+        self.uuid = UUID
+        self.host = 'host-a'
+        self.node = 'node-a'
+        self.image_ref = 'image-1'
+        self.vm_state = 'active'
+        self.flavor = mock.Mock(extra_specs=specs, flavorid='f1')
+        self.system_metadata = (
+            {enforcement.IMAGE_SYSTEM_METADATA_KEY: image_mode}
+            if image_mode else {})
+
+
+class DriverTestCase(testtools.TestCase):
+
+    mode = 'required'
+
+    def setUp(self):
+        super().setUp()
+        self.flags = self.useFixture(config_fixture.Config(CONF)).config
+        self.flags(enforcement=self.mode, group='secmig')
+        self.driver = driver.SecureLibvirtDriver(mock.Mock(), read_only=True)
+        self.driver._secmig_host = 'host-a'
+        self.secmig = mock.Mock(spec=migration.SecureMigration)
+        self.secmig.settings = migration.Settings(
+            cloud_id='c', cert_file='x', key_file='y', ca_file='z',
+            tunnel_result_timeout=1.0)
+        if self.mode != 'disabled':
+            self.driver._secmig = self.secmig
+        self.context = mock.Mock(user_id='user-1', project_id='proj-1',
+                                 request_id='req-1')
+        self.offers = {}
+        self.useFixture_patch('_secmig_source_offers',
+                              lambda ctxt, inst: self.offers.get('source',
+                                                                 True))
+        self.useFixture_patch('_secmig_destination_offers',
+                              lambda ctxt, inst: self.offers.get(
+                                  'destination', True))
+
+    def useFixture_patch(self, name, func):
+        patcher = mock.patch.object(self.driver, name, side_effect=func)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+
+    def patch_libvirt(self, name, **kwargs):
+        patcher = mock.patch(LIBVIRT + name, autospec=True, **kwargs)
+        m = patcher.start()
+        self.addCleanup(patcher.stop)
+        return m
+
+    def migrate_data(self, block=False, with_migration=True):
+        data = objects.LibvirtLiveMigrateData(block_migration=block)
+        if with_migration:
+            data.migration = objects.Migration(uuid=MID)
+        return data
+
+
+class TestInitHost(DriverTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.super_init = self.patch_libvirt('init_host')
+        self.from_conf = self.useFixture_mock(
+            'secmig_nova.virt.migration.SecureMigration.from_conf')
+        self.driver._secmig = None
+
+    def useFixture_mock(self, target):
+        patcher = mock.patch(target)
+        m = patcher.start()
+        self.addCleanup(patcher.stop)
+        return m
+
+    def test_loads_identity_then_nova(self):
+        self.driver.init_host('host-a')
+        self.from_conf.assert_called_once_with(CONF, host='host-a')
+        self.assertIs(self.from_conf.return_value, self.driver._secmig)
+        self.super_init.assert_called_once_with(self.driver, 'host-a')
+
+    def test_disabled_loads_nothing(self):
+        self.flags(enforcement='disabled', group='secmig')
+        self.flags(live_migration_tunnelled=True, group='libvirt')
+        self.driver.init_host('host-a')
+        self.from_conf.assert_not_called()
+        self.assertIsNone(self.driver._secmig)
+        self.super_init.assert_called_once_with(self.driver, 'host-a')
+
+    def test_refuses_tunnelled(self):
+        self.flags(live_migration_tunnelled=True, group='libvirt')
+        e = self.assertRaises(exception.InvalidConfiguration,
+                              self.driver.init_host, 'host-a')
+        self.assertIn('live_migration_tunnelled = True', str(e))
+        self.assertIn('set it to False', str(e))
+        self.super_init.assert_not_called()
+
+    def test_refuses_native_tls(self):
+        self.flags(live_migration_with_native_tls=True, group='libvirt')
+        e = self.assertRaises(exception.InvalidConfiguration,
+                              self.driver.init_host, 'host-a')
+        self.assertIn('never stacked', str(e))
+        self.super_init.assert_not_called()
+
+    def test_bad_certificates(self):
+        self.from_conf.side_effect = migration.SecureMigrationError(
+            'config_invalid', '[secmig] key_file /k has mode 0644: chmod 600')
+        e = self.assertRaises(exception.InvalidConfiguration,
+                              self.driver.init_host, 'host-a')
+        self.assertIn('chmod 600', str(e))
+        self.super_init.assert_not_called()
+
+
+class TestProviderTree(DriverTestCase):
+
+    def test_trait(self):
+        self.patch_libvirt('update_provider_tree')
+        tree = provider_tree.ProviderTree()
+        tree.new_root('node-a', 'c0000000-0000-4000-8000-000000000001')
+        self.driver.update_provider_tree(tree, 'node-a')
+        self.assertTrue(tree.has_traits('node-a', [driver.TRAIT]))
+        self.driver._secmig = None
+        self.driver.update_provider_tree(tree, 'node-a')
+        self.assertFalse(tree.has_traits('node-a', [driver.TRAIT]))
+
+
+class TestChecks(DriverTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.super_dst = self.patch_libvirt(
+            'check_can_live_migrate_destination')
+        self.super_src = self.patch_libvirt('check_can_live_migrate_source')
+        self.providers = self.useFixture_traits()
+
+    def useFixture_traits(self):
+        patcher = mock.patch.object(self.driver, '_secmig_providers_offer',
+                                    return_value=True)
+        m = patcher.start()
+        self.addCleanup(patcher.stop)
+        return m
+
+    def check_dst(self, instance):
+        return self.driver.check_can_live_migrate_destination(
+            self.context, instance, {'uuid': 'rp-src', 'host': 'host-b'},
+            {'uuid': 'rp-dst'}, block_migration=False)
+
+    def check_src(self, instance):
+        return self.driver.check_can_live_migrate_source(
+            self.context, instance, mock.sentinel.dest_check_data)
+
+    def test_both_secure(self):
+        self.assertIs(self.super_dst.return_value,
+                      self.check_dst(Instance()))
+        self.providers.assert_called_once_with(self.context, ['rp-src'])
+        self.super_dst.assert_called_once_with(
+            self.driver, self.context, mock.ANY,
+            {'uuid': 'rp-src', 'host': 'host-b'}, {'uuid': 'rp-dst'},
+            block_migration=False, disk_over_commit=False)
+        self.assertIs(self.super_src.return_value, self.check_src(Instance()))
+
+    def test_required_refuses_insecure_source(self):
+        self.providers.return_value = False
+        e = self.assertRaises(exception.MigrationPreCheckError,
+                              self.check_dst, Instance())
+        self.assertIn('host-b does not offer', str(e))
+        self.super_dst.assert_not_called()
+
+    def test_required_refuses_insecure_destination(self):
+        self.offers['destination'] = False
+        e = self.assertRaises(exception.MigrationPreCheckError,
+                              self.check_src, Instance())
+        self.assertIn('the destination host does not offer', str(e))
+        self.super_src.assert_not_called()
+
+    def test_unknown_destination_counts_as_insecure(self):
+        self.offers['destination'] = None
+        self.assertRaises(exception.MigrationPreCheckError, self.check_src,
+                          Instance())
+
+    def test_flavor_can_lower_the_mode(self):
+        self.offers['destination'] = False
+        self.check_src(Instance(flavor_mode='preferred'))
+        self.super_src.assert_called_once()
+
+    def test_image_cannot_lower_the_mode(self):
+        self.offers['destination'] = False
+        self.assertRaises(exception.MigrationPreCheckError, self.check_src,
+                          Instance(image_mode='disabled'))
+
+    def test_invalid_flavor_value(self):
+        e = self.assertRaises(exception.MigrationPreCheckError,
+                              self.check_src, Instance(flavor_mode='maybe'))
+        self.assertIn('flavor f1 secmig:enforcement=', str(e))
+
+
+class TestChecksPreferred(TestChecks):
+
+    mode = 'preferred'
+
+    def test_required_refuses_insecure_source(self):
+        self.providers.return_value = False
+        self.check_dst(Instance())
+        self.super_dst.assert_called_once()
+
+    def test_required_refuses_insecure_destination(self):
+        self.offers['destination'] = False
+        self.check_src(Instance())
+        self.super_src.assert_called_once()
+
+    def test_unknown_destination_counts_as_insecure(self):
+        self.offers['destination'] = None
+        self.check_src(Instance())
+
+    def test_image_cannot_lower_the_mode(self):
+        self.offers['destination'] = False
+        self.assertRaises(exception.MigrationPreCheckError, self.check_src,
+                          Instance(image_mode='required'))
+
+
+class TestChecksDisabled(DriverTestCase):
+
+    mode = 'disabled'
+
+    def test_plain_unless_the_server_requires_it(self):
+        super_src = self.patch_libvirt('check_can_live_migrate_source')
+        self.offers['destination'] = True
+        self.driver.check_can_live_migrate_source(self.context, Instance(),
+                                                  None)
+        super_src.assert_called_once()
+        e = self.assertRaises(exception.MigrationPreCheckError,
+                              self.driver.check_can_live_migrate_source,
+                              self.context, Instance(flavor_mode='required'),
+                              None)
+        self.assertIn('host-a does not offer', str(e))
+
+
+class TestDestination(DriverTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.super_pre = self.patch_libvirt('pre_live_migration')
+        self.super_post = self.patch_libvirt(
+            'post_live_migration_at_destination')
+        self.super_rollback = self.patch_libvirt(
+            'rollback_live_migration_at_destination')
+        self.incoming = self.secmig.prepare_destination.return_value
+
+    def pre(self, instance=None, migrate_data=None, disk_info=None):
+        return self.driver.pre_live_migration(
+            self.context, instance or Instance(), mock.sentinel.bdi,
+            mock.sentinel.network_info, disk_info,
+            migrate_data or self.migrate_data())
+
+    def test_starts_the_tunnel_then_nova(self):
+        self.flags(live_migration_parallel_connections=4, group='libvirt')
+        result = self.pre()
+        self.secmig.prepare_destination.assert_called_once_with(
+            MID, UUID, {'memory': 5})
+        self.assertIs(self.super_pre.return_value, result)
+        self.assertIs(self.incoming, self.driver._secmig_incoming[UUID])
+
+    def test_block_migration_registers_disks(self):
+        self.pre(migrate_data=self.migrate_data(block=True),
+                 disk_info='[{"path": "/a"}, {"path": "/b"}]')
+        self.secmig.prepare_destination.assert_called_once_with(
+            MID, UUID, {'memory': 1, 'disk': 2})
+
+    def test_migration_id_looked_up_while_in_progress(self):
+        found = [objects.Migration(uuid='other', dest_compute='host-c'),
+                 objects.Migration(uuid=MID, dest_compute='host-a')]
+        with mock.patch.object(objects.MigrationList,
+                               'get_in_progress_by_instance',
+                               return_value=found) as get:
+            self.pre(migrate_data=self.migrate_data(with_migration=False))
+            get.assert_called_once_with(self.context, UUID,
+                                        migration_type='live-migration')
+            self.assertEqual(
+                MID, self.secmig.prepare_destination.call_args[0][0])
+            get.return_value = []
+            e = self.assertRaises(
+                driver.SecureMigrationFailed, self.pre,
+                migrate_data=self.migrate_data(with_migration=False))
+            self.assertIn('0 in progress to host-a', e.format_message())
+
+    def test_tunnel_refused(self):
+        self.secmig.prepare_destination.side_effect = \
+            migration.SecureMigrationError('broker_unavailable', 'down')
+        e = self.assertRaises(driver.SecureMigrationFailed, self.pre)
+        self.assertIn('broker_unavailable: down', e.format_message())
+        self.super_pre.assert_not_called()
+
+    def test_required_refuses_insecure_source(self):
+        self.offers['source'] = False
+        self.assertRaises(driver.SecureMigrationFailed, self.pre)
+        self.secmig.prepare_destination.assert_not_called()
+        self.super_pre.assert_not_called()
+
+    def test_nova_fails_after_the_tunnel_started(self):
+        self.super_pre.side_effect = exception.MigrationError(reason='x')
+        self.assertRaises(exception.MigrationError, self.pre)
+        self.incoming.finish.assert_called_once_with(
+            False, 'pre_live_migration failed')
+        self.assertNotIn(UUID, self.driver._secmig_incoming)
+
+    def test_post_finishes(self):
+        self.pre()
+        instance = Instance()
+        self.driver.post_live_migration_at_destination(
+            self.context, instance, mock.sentinel.nw, block_migration=False,
+            block_device_info=None)
+        self.super_post.assert_called_once_with(
+            self.driver, self.context, instance, mock.sentinel.nw,
+            block_migration=False, block_device_info=None)
+        self.incoming.finish.assert_called_once_with(True, None)
+        self.assertNotIn(UUID, self.driver._secmig_incoming)
+
+    def test_rollback_aborts(self):
+        self.pre()
+        self.driver.rollback_live_migration_at_destination(
+            self.context, Instance(), mock.sentinel.nw, None,
+            destroy_disks=True, migrate_data=None)
+        self.super_rollback.assert_called_once()
+        self.incoming.finish.assert_called_once_with(False, 'rolled back')
+
+    def test_rollback_without_tunnel(self):
+        self.driver.rollback_live_migration_at_destination(
+            self.context, Instance(), mock.sentinel.nw, None)
+        self.super_rollback.assert_called_once()
+
+    def test_cleanup_host_stops_tunnels(self):
+        self.patch_libvirt('cleanup_host')
+        self.pre()
+        self.driver.cleanup_host('host-a')
+        self.incoming.abort.assert_called_once_with(
+            'nova-compute on host-a stopped')
+
+
+class FakeGuest:
+    """The parts of nova's Guest the source path touches."""
+
+    def __init__(self, job=libvirt.VIR_DOMAIN_JOB_COMPLETED):
+        self._domain = mock.Mock()
+        self.job = job
+
+    def get_job_info(self):
+        return mock.Mock(type=self.job)
+
+    def is_active(self):
+        return self.job != libvirt.VIR_DOMAIN_JOB_COMPLETED
+
+    def migrate(self, destination, migrate_uri=None, migrate_disks=None,
+                destination_xml=None, flags=0, bandwidth=0, parallel=0):
+        # nova's Guest.migrate, in short: what a plain migration does.
+        self._domain.migrateToURI3(
+            destination, params={'migrate_uri': migrate_uri}, flags=flags)
+
+
+P2P = libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER
+
+
+def nova_operation(flags=P2P, parallel=0):
+    """Stands in for LibvirtDriver._live_migration_operation."""
+    def operation(self, context, instance, dest, block_migration,
+                  migrate_data, guest, device_names):
+        f = flags
+        if migrate_data.block_migration:
+            f |= libvirt.VIR_MIGRATE_NON_SHARED_INC
+        guest.migrate('qemu+tcp://%s/system' % dest,
+                      migrate_uri='tcp://10.0.0.2', flags=f,
+                      migrate_disks=device_names, destination_xml='<x/>',
+                      bandwidth=0, parallel=parallel)
+    return operation
+
+
+class TestSource(DriverTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.session = self.secmig.start_source.return_value
+        self.session.migration_id = MID
+        self.session.streams = {'memory': 1}
+        self.session.migrate_uri = 'unix:///run/secmig/%s.sock' % MID
+        self.session.disks_uri = 'unix:///run/secmig/%s-disk.sock' % MID
+        self.session.tunnel_failure.return_value = None
+        self.session.finish.return_value = migration.Result(MID, 'source',
+                                                            'completed')
+        self.super_op = self.patch_libvirt('_live_migration_operation',
+                                           side_effect=nova_operation())
+        self.reporter = mock.patch('nova.compute.utils.EventReporter')
+        self.events = self.reporter.start()
+        self.addCleanup(self.reporter.stop)
+
+    def operation(self, guest=None, block=False, device_names=()):
+        guest = guest or FakeGuest()
+        self.driver._live_migration_operation(
+            self.context, Instance(), 'host-b', block,
+            self.migrate_data(block=block), guest, list(device_names))
+        return guest
+
+    def event_failure(self):
+        """The exception the instance action event was finished with."""
+        exit_args = self.events.return_value.__exit__.call_args[0]
+        errors = [a for a in exit_args if isinstance(a, BaseException)]
+        return errors[0] if errors else None
+
+    def test_through_the_tunnel(self):
+        guest = self.operation()
+        self.secmig.start_source.assert_called_once_with(
+            MID, UUID, 'host-b', {'memory': 1}, user_id='user-1',
+            project_id='proj-1')
+        passed = self.super_op.call_args[0][6]
+        self.assertIsInstance(passed, driver.SecureGuest)
+        guest._domain.migrateToURI3.assert_called_once_with(
+            'qemu+tcp://host-b/system',
+            params={'migrate_uri': self.session.migrate_uri,
+                    'destination_xml': '<x/>', 'persistent_xml': '<x/>'},
+            flags=P2P)
+        self.session.finish.assert_called_once_with(True, None)
+        self.events.assert_called_once_with(
+            self.context, driver.EVENT, 'host-a', UUID, graceful_exit=True)
+        self.assertIsNone(self.event_failure())
+        self.assertEqual({}, self.driver._secmig_outgoing)
+
+    def test_block_migration_adds_disks_uri(self):
+        self.session.streams = {'memory': 1, 'disk': 2}
+        guest = self.operation(block=True, device_names=['vda', 'vdb'])
+        self.assertEqual({'memory': 1, 'disk': 2},
+                         self.secmig.start_source.call_args[0][3])
+        params = guest._domain.migrateToURI3.call_args[1]['params']
+        self.assertEqual(self.session.disks_uri, params['disks_uri'])
+        self.assertEqual(['vda', 'vdb'], params['migrate_disks'])
+
+    def test_parallel_connections(self):
+        self.flags(live_migration_parallel_connections=3, group='libvirt')
+        self.session.streams = {'memory': 4}
+        self.super_op.side_effect = nova_operation(parallel=3)
+        guest = self.operation()
+        self.assertEqual({'memory': 4},
+                         self.secmig.start_source.call_args[0][3])
+        params = guest._domain.migrateToURI3.call_args[1]['params']
+        self.assertEqual(3, params['parallel.connections'])
+
+    def test_refused_before_anything_moves(self):
+        self.secmig.start_source.side_effect = \
+            migration.SecureMigrationError('missing_role', 'user-1 may not')
+        guest = self.operation()
+        self.super_op.assert_not_called()
+        guest._domain.migrateToURI3.assert_not_called()
+        failure = self.event_failure()
+        self.assertIsInstance(failure, driver.SecureMigrationFailed)
+        self.assertIn('missing_role: user-1 may not',
+                      failure.format_message())
+
+    def test_required_and_insecure_destination(self):
+        self.offers['destination'] = False
+        self.operation()
+        self.secmig.start_source.assert_not_called()
+        self.super_op.assert_not_called()
+        self.assertIn('does not offer',
+                      self.event_failure().format_message())
+
+    def test_preferred_and_insecure_destination_is_plain(self):
+        self.flags(enforcement='preferred', group='secmig')
+        self.offers['destination'] = False
+        guest = self.operation()
+        self.secmig.start_source.assert_not_called()
+        self.assertIs(guest, self.super_op.call_args[0][6])
+        self.events.assert_not_called()
+
+    def test_tunnel_failure_is_not_raised_into_nova(self):
+        guest = FakeGuest(job=libvirt.VIR_DOMAIN_JOB_NONE)
+        guest._domain.migrateToURI3.side_effect = libvirt.libvirtError(
+            'operation failed: migration socket closed')
+        self.session.tunnel_failure.return_value = {
+            'side': 'source', 'status': 'failed',
+            'reason': 'checkpoint_mismatch', 'message': 'digest differs'}
+        self.session.finish.return_value = migration.Result(
+            MID, 'source', 'failed', 'checkpoint_mismatch', 'x')
+        self.operation(guest)
+        self.session.finish.assert_called_once_with(
+            False, 'source tunnel: checkpoint_mismatch: digest differs')
+        self.assertIn('did not complete',
+                      self.event_failure().format_message())
+
+    def test_libvirt_error_without_tunnel_failure_is_nova_s(self):
+        guest = FakeGuest(job=libvirt.VIR_DOMAIN_JOB_NONE)
+        guest._domain.migrateToURI3.side_effect = libvirt.libvirtError('x')
+        self.session.finish.return_value = migration.Result(
+            MID, 'source', 'aborted')
+        self.assertRaises(libvirt.libvirtError, self.operation, guest)
+        self.session.finish.assert_called_once_with(
+            False, 'nova\'s migration operation raised')
+        self.assertEqual({}, self.driver._secmig_outgoing)
+
+    def test_cancelled_job(self):
+        self.session.finish.return_value = migration.Result(
+            MID, 'source', 'aborted')
+        self.operation(FakeGuest(job=libvirt.VIR_DOMAIN_JOB_CANCELLED))
+        self.session.finish.assert_called_once_with(
+            False, 'the libvirt job was cancelled')
+
+    def test_refuses_tunnelled_flags(self):
+        self.super_op.side_effect = nova_operation(
+            flags=libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_TUNNELLED)
+        guest = self.operation()
+        guest._domain.migrateToURI3.assert_not_called()
+        self.assertIn('tunnelled',
+                      self.event_failure().format_message())
+
+    def test_receipts_not_verified_after_completion(self):
+        self.session.finish.return_value = migration.Result(
+            MID, 'source', 'failed', 'receipt_invalid', 'bad signature')
+        self.operation()
+        self.assertIn('completed but not verified',
+                      self.event_failure().format_message())
+
+    def test_disabled_is_plain_libvirt(self):
+        self.flags(enforcement='disabled', group='secmig')
+        self.driver._secmig = None
+        guest = self.operation()
+        self.assertIs(guest, self.super_op.call_args[0][6])
+        self.secmig.start_source.assert_not_called()
+        self.events.assert_not_called()
+        guest._domain.migrateToURI3.assert_called_once_with(
+            'qemu+tcp://host-b/system', params=mock.ANY, flags=mock.ANY)
+
+    def test_post_live_migration_waits_for_the_source_tunnel(self):
+        post = self.patch_libvirt('post_live_migration')
+        self.driver._secmig_outgoing[UUID] = self.session
+        self.session.owner.settings.tunnel_result_timeout = 1.0
+        instance = Instance()
+        self.driver.post_live_migration(self.context, instance, None,
+                                        migrate_data=None)
+        self.session.wait_done.assert_called_once_with(
+            1.0 + migration.STOP_TIMEOUT)
+        post.assert_called_once_with(self.driver, self.context, instance,
+                                     None, migrate_data=None)
