@@ -11,11 +11,17 @@ bash tools/install-deps.sh || exit 1
 bash tools/setup-venv.sh || exit 1
 bash tools/lab/guest.sh build || exit 1
 .venv/bin/flake8 || { echo "flake8 failed"; exit 1; }
+totals=$(mktemp)
+trap 'rm -f "$totals"' EXIT
+export SECMIG_TEST_COUNTS=$totals
 # nova's own live-migration tests (tests/nova_peer) and ours inside nova's
 # test framework (tests/functional/nova) patch the whole process: they run
 # apart, through tools/run-nova-peer-tests.sh.
 .venv/bin/python -m stestr --test-path ./tests run \
     --exclude-regex '^tests\.(nova_peer|functional\.nova)\.' "$@"
 rc=$?
-.venv/bin/python tools/test_summary.py || rc=1
+.venv/bin/python tools/test_summary.py --add-to "$totals" || rc=1
+bash tools/run-nova-peer-tests.sh all || rc=1
+echo "== all runs:"
+.venv/bin/python tools/test_summary.py --total "$totals" || rc=1
 exit $rc
