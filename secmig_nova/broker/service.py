@@ -63,11 +63,11 @@ def build_manager(conf, keystone_client=None, enforcer=None):
         project_rate=b.project_rate)
 
 
-def rpc_server(conf, endpoint, transport=None):
+def rpc_server(conf, endpoint, transport=None, topic=None):
     """An RPC server on the broker topic; only exposed methods callable."""
     transport = transport or messaging.get_rpc_transport(conf)
     target = messaging.Target(exchange=rpcapi.EXCHANGE,
-                              topic=conf.secmig_broker.topic,
+                              topic=topic or conf.secmig_broker.topic,
                               server=conf.host if 'host' in conf
                               else os.uname().nodename)
     return messaging.get_rpc_server(

@@ -26,6 +26,7 @@ their sockets removed. Nothing here imports nova.
 
 import dataclasses
 import os
+import socket
 import stat
 import threading
 import time
@@ -110,7 +111,11 @@ class Settings:
 
     @classmethod
     def from_conf(cls, conf):
-        group = conf.secmig
+        return cls.from_group(conf.secmig)
+
+    @classmethod
+    def from_group(cls, group):
+        """From ``[secmig]`` or a group with the same options."""
         return cls(**{f.name: getattr(group, f.name)
                       for f in dataclasses.fields(cls)})
 
@@ -147,11 +152,13 @@ class HostIdentity:
         return self.credentials.identity.cloud_id
 
     @classmethod
-    def load(cls, settings, host=None):
+    def load(cls, settings, host=None, local=True):
         """Load and check everything; errors say what to change.
 
         :param host: this host's name as the peers and the broker know it
             (nova's ``[DEFAULT] host``); the certificate must carry it.
+        :param local: this process runs on that host (its socket_dir is
+            checked); ``secmig-migrate`` loads remote hosts with False.
         :raises SecureMigrationError: ``config_invalid``.
         """
         for opt in ('cert_file', 'key_file', 'ca_file'):
@@ -207,7 +214,8 @@ class HostIdentity:
                 settings.cloud_id, settings.ca_file,
                 ' and crl_file %s' % settings.crl_file
                 if settings.crl_file else '', e)
-        _check_socket_dir(settings.socket_dir)
+        if local:
+            _check_socket_dir(settings.socket_dir)
         if settings.tunnel_port_min > settings.tunnel_port_max:
             raise _config_error('[secmig] tunnel_port_min %d is above '
                                 'tunnel_port_max %d',
@@ -227,13 +235,14 @@ def _check_socket_dir(path):
                             'this process', path)
 
 
-def host_client_from_conf(conf, credentials):
+def host_client_from_conf(conf, credentials, group=None):
     """A :class:`~secmig_nova.broker.rpcapi.HostClient` for this host.
 
-    The transport is ``[secmig] broker_transport_url``, or the service's
-    own ``[DEFAULT] transport_url`` when unset.
+    The transport is ``[secmig] broker_transport_url`` (or that of
+    ``group``, with the same options), or the service's own ``[DEFAULT]
+    transport_url`` when unset.
     """
-    group = conf.secmig
+    group = group or conf.secmig
     transport = messaging.get_rpc_transport(
         conf, url=group.broker_transport_url or None)
     api = rpcapi.BrokerAPI(transport, topic=group.broker_topic,
@@ -314,10 +323,44 @@ def remove_socket(path):
     try:
         if stat.S_ISSOCK(os.lstat(path).st_mode):
             os.unlink(path)
+            return True
     except FileNotFoundError:
         pass
     except OSError as e:
         LOG.warning('Could not remove socket %s: %s', path, e)
+    return False
+
+
+def accepting(path):
+    """Whether something accepts connections on the UNIX socket ``path``."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+def remove_stale_sockets(paths):
+    """Remove sockets nobody listens on any more; return those removed.
+
+    After a failed migration the destination QEMU is gone but (QEMU 7.2
+    removes it only on success) its listening socket is left in
+    ``socket_dir``. A socket something still accepts on is left alone.
+    """
+    removed = []
+    for path in paths:
+        if not os.path.lexists(path):
+            continue
+        if accepting(path):
+            LOG.warning('Socket %s is still accepting connections; not '
+                        'removing it', path)
+        elif remove_socket(path):
+            removed.append(path)
+    return removed
 
 
 # -- receipts ---------------------------------------------------------------
@@ -680,8 +723,25 @@ class IncomingMigration(_Side):
                 self.result = self._conclude(completed, reason, outcome,
                                              verify)
             finally:
+                if self.result is None or not self.result.ok:
+                    self._remove_qemu_sockets()
                 self.done.set()
             return self.result
+
+    def _remove_qemu_sockets(self):
+        paths = [socket_path(self.owner.settings.socket_dir,
+                             self.migration_id, kind)
+                 for kind in self.streams]
+        try:
+            removed = self.owner.socket_cleaner(paths)
+        except Exception:  # noqa: clean-up must not mask the outcome
+            LOG.exception('Migration %s: could not remove the destination '
+                          'QEMU sockets %s', self.migration_id, paths)
+            return
+        if removed:
+            LOG.info('Migration %s: removed the failed destination QEMU\'s '
+                     'stale sockets %s', self.migration_id,
+                     ', '.join(removed))
 
     def _verify(self, outcome):
         return verify_connections(
@@ -701,14 +761,18 @@ class SecureMigration:
         ``secmig-tunnel`` with this interpreter.
     :param peer_stores: ``{cloud_id: TrustStore}`` of peer clouds, for
         migrations across clouds (``secmig-migrate``).
+    :param socket_cleaner: ``(paths) -> removed paths``: removes the
+        stale sockets a failed destination QEMU left on this host
+        (default :func:`remove_stale_sockets`, here).
     """
 
     def __init__(self, settings, identity, host_client, tunnel_factory=None,
-                 peer_stores=None, clock=time.time):
+                 peer_stores=None, clock=time.time, socket_cleaner=None):
         self.settings = settings
         self.identity = identity
         self.host_client = host_client
         self.tunnel_factory = tunnel_factory or process.TunnelProcess
+        self.socket_cleaner = socket_cleaner or remove_stale_sockets
         self.peer_stores = dict(peer_stores or {})
         self.clock = clock
 

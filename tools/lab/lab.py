@@ -45,6 +45,7 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+from secmig_nova.authz import policies  # noqa: E402
 from secmig_nova.authz import tokens  # noqa: E402
 from secmig_nova.trust import ca  # noqa: E402
 from secmig_nova.trust import certs  # noqa: E402
@@ -293,6 +294,30 @@ class LabPki:
             dst_fingerprint=(dst_fingerprint
                              or self.credentials(dst).fingerprint),
             dst_endpoint=endpoint, streams=streams)
+
+    def broker_files(self, name):
+        cloud_dir, _ = self._cloud(name)
+        return (os.path.join(cloud_dir, 'broker-%s.crt' % name),
+                os.path.join(cloud_dir, 'broker-%s.key' % name))
+
+    def role_file(self, roles=None):
+        """secmig-migrate's local role file: who may migrate what.
+
+        Default: user ``operator`` on project ``lab`` holds the roles a
+        cross-cloud migration needs; ``auditor`` only reads.
+        """
+        path = os.path.join(self.root, 'roles.json')
+        if roles is None:
+            roles = {'operator': {'lab': [policies.ROLE_MIGRATION_OPERATOR,
+                                          policies.ROLE_CROSS_CLOUD_OPERATOR]},
+                     'auditor': {'lab': ['reader']}}
+        doc = {'users': {user: {'projects': projects}
+                         for user, projects in roles.items()}}
+        os.makedirs(self.root, exist_ok=True)
+        with open(path + '.tmp', 'w') as f:
+            json.dump(doc, f, indent=1)
+        os.replace(path + '.tmp', path)
+        return path
 
     # -- QEMU native TLS (VIR_MIGRATE_TLS), the benchmark's baseline --------
 
@@ -850,6 +875,65 @@ class Lab:
                     os.unlink(path)
                     result.stale_sockets.append('%s:%s' % (host.name, sock))
         return result
+
+    # -- secmig-migrate: the path the driver takes ---------------------------
+
+    def migrate_conf(self, src, dst, path=None, roles=None, **options):
+        """Write a secmig-migrate configuration for src -> dst.
+
+        Embedded brokers of clouds ``lab-<src>`` and ``lab-<dst>`` with
+        the lab's broker certificates, roles from :meth:`LabPki.role_file`,
+        each host's tunnel run inside it (``exec_prefix``).
+        ``options``: more ``[secmig_migrate]`` values.
+        """
+        path = path or os.path.join(self.root, 'migrate-%s-%s.conf'
+                                    % (src.name, dst.name))
+        lines = ['[secmig_migrate]', 'broker = embedded',
+                 'role_file = %s' % self.pki.role_file(roles),
+                 'user_id = operator', 'project_id = lab',
+                 'state_dir = %s' % os.path.join(self.root, 'migrate')]
+        lines += ['%s = %s' % kv for kv in sorted(options.items())]
+        for group, host in (('secmig_migrate_source', src),
+                            ('secmig_migrate_destination', dst)):
+            cert, key = self.pki.host_files(host.name)
+            bcert, bkey = self.pki.broker_files(host.name)
+            lines += ['', '[%s]' % group, 'libvirt_uri = %s' % host.uri,
+                      'cloud_id = lab-%s' % host.name,
+                      'cert_file = %s' % cert, 'key_file = %s' % key,
+                      'ca_file = %s' % self.pki.trust(host.name)['ca_file'],
+                      'socket_dir = %s' % SOCKET_DIR,
+                      'exec_prefix = %s' % ','.join(host.prefix),
+                      'broker_cert_file = %s' % bcert,
+                      'broker_key_file = %s' % bkey]
+        with open(path, 'w') as f:
+            f.write('\n'.join(lines) + '\n')
+        return path
+
+    def migrate_cli(self, src, dst, name, args=(), json_output=True,
+                    timeout=600, conf=None, **options):
+        """Run ``secmig-migrate`` src -> dst; ``(returncode, summary, err)``.
+
+        ``summary`` is the parsed ``--json`` output (or the text output
+        with ``json_output=False``).
+        """
+        conf = conf or self.migrate_conf(src, dst, **options)
+        argv = [sys.executable, '-m', 'secmig_nova.cmd.migrate',
+                '--config-file', conf] + list(args)
+        if json_output:
+            argv.append('--json')
+        argv.append(name)
+        proc = subprocess.run(argv, capture_output=True, text=True,
+                              timeout=timeout, env=self.env)
+        summary = proc.stdout
+        if json_output:
+            try:
+                summary = json.loads(proc.stdout.strip().splitlines()[-1])
+            except (ValueError, IndexError):
+                raise LabError('secmig-migrate printed no JSON summary '
+                               '(rc %d): %s\n%s' % (proc.returncode,
+                                                    proc.stdout[-2000:],
+                                                    proc.stderr[-3000:]))
+        return proc.returncode, summary, proc.stderr
 
     # -- packet capture -------------------------------------------------------
 
