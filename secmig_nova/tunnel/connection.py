@@ -48,6 +48,9 @@ TLS_RECORD = 16 * 1024 + 256
 TLS_BATCH = 256 * 1024
 TLS_BATCHES_PER_ROUND = 4
 POLL_INTERVAL = 0.25
+# When the local QEMU socket breaks mid-stream, how long to keep reading the
+# peer to find out whether its connection ended first (see _local_lost).
+PEER_END_GRACE = 0.5
 
 
 class State(enum.Enum):
@@ -57,6 +60,19 @@ class State(enum.Enum):
     FIN_RECEIVED = 'fin_received'  # destination: ACK FINAL sent
     CLOSING = 'closing'            # last frame queued, flushing
     DONE = 'done'
+
+
+class _LocalEndpointLost(errors.TunnelError):
+    """The local QEMU socket broke mid-stream; the peer not yet consulted.
+
+    Raised from deep in the pump (possibly while frames are dispatched) and
+    resolved in :meth:`Connection.run`, which decides whose fault it was.
+    """
+
+    def __init__(self, exc):
+        super().__init__('local_endpoint_unavailable', 'local QEMU closed '
+                         'its migration socket while data was pending: %s'
+                         % exc)
 
 
 class Direction:
@@ -117,6 +133,7 @@ class Connection:
         self.next_checkpoint = checkpoint_bytes
         self.local_eof = False
         self.local_gone = False
+        self.peer_eof = False
         self.source_receipt = None
         self.destination_receipt = None
         self._tx_buffer = bytearray(frames.HEADER_SIZE + chunk_size)
@@ -147,6 +164,13 @@ class Connection:
         """Pump until the closing exchange completes; raises TunnelError."""
         self.tls.setblocking(False)
         self.local.setblocking(False)
+        try:
+            self._pump()
+        except _LocalEndpointLost as lost:
+            raise self._local_lost(lost)
+        self.ended_at = self.clock()
+
+    def _pump(self):
         last_activity = time.monotonic()
         while self.state is not State.DONE:
             self._check_stop()
@@ -172,7 +196,6 @@ class Connection:
                 raise errors.TunnelError(
                     'timeout', 'no byte moved for %.0f s' % self.idle_timeout)
             self._wait()
-        self.ended_at = self.clock()
 
     def _check_stop(self):
         stop, grace_deadline = self.control.should_stop()
@@ -259,7 +282,9 @@ class Connection:
                         'truncated', 'connection to the peer broke: %s' % e,
                         notify_peer=False)
                 if n == 0:
-                    eof = True
+                    # Noted before the frames read with it are dispatched:
+                    # delivering them may find the local QEMU gone.
+                    eof = self.peer_eof = True
                     break
                 filled += n
             if filled:
@@ -271,14 +296,16 @@ class Connection:
                 except frames.FrameError as e:
                     raise errors.from_frame_error(e)
             if eof and self.state not in (State.CLOSING, State.DONE):
-                raise errors.TunnelError(
-                    'truncated', 'peer closed the connection in state %s, '
-                    'before the closing exchange completed (%d bytes '
-                    'received)' % (self.state.value, self.rx.bytes),
-                    notify_peer=False)
+                raise self._truncated()
             if would_block or eof or self.local_out:
                 break
         return progressed
+
+    def _truncated(self, then=''):
+        return errors.TunnelError(
+            'truncated', 'peer closed the connection in state %s, before '
+            'the closing exchange completed (%d bytes received)%s'
+            % (self.state.value, self.rx.bytes, then), notify_peer=False)
 
     def _tls_failure(self, exc):
         name = getattr(exc, 'reason', None) or str(exc)
@@ -396,9 +423,64 @@ class Connection:
             self.local_gone = True
             self.local_out.clear()
             return
-        raise errors.TunnelError(
-            'local_endpoint_unavailable', 'local QEMU closed its migration '
-            'socket while data was pending: %s' % exc)
+        raise _LocalEndpointLost(exc)
+
+    def _local_lost(self, lost):
+        """The error to report when the local QEMU socket broke mid-stream.
+
+        A QEMU gives up when its input ends early or it is told that the
+        migration failed, often because the peer tunnel went away first:
+        while a slow QEMU holds data up, the pump reads no TLS, so the end
+        of the peer's connection may sit unread behind the data. Before
+        blaming the local endpoint, read on for up to PEER_END_GRACE: if
+        the peer's connection ended without the closing exchange, the
+        stream was truncated (an ABORT gives the peer's reason) and the
+        local failure is only the consequence. Either way it failed.
+        """
+        self.local_gone = True
+        self.local_out.clear()
+        error = self._peer_ending(time.monotonic() + PEER_END_GRACE,
+                                  lost.args[0])
+        return lost if error is None else error
+
+    def _peer_ending(self, deadline, local_failure):
+        """Read the peer until its connection ends or ``deadline``.
+
+        Frames are decoded only to find an ABORT: none is delivered,
+        answered or counted, and nothing is sent. Returns the peer's error,
+        or None if its connection is still there.
+        """
+        then = '; then the %s' % local_failure
+        try:
+            while True:
+                for ftype, payload in self.decoder.frames():
+                    if ftype is frames.FrameType.ABORT:
+                        return errors.from_abort(
+                            frames.pull_abort(payload), 'peer')
+                if self.peer_eof:
+                    return self._truncated(then)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                try:
+                    n = self.tls.recv_into(self.decoder.writable(TLS_BATCH))
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    poller = select.poll()
+                    poller.register(self.tls.fileno(), select.POLLIN)
+                    poller.poll(remaining * 1000)
+                    continue
+                except ssl.SSLError as e:
+                    return self._tls_failure(e)
+                except OSError as e:
+                    return errors.TunnelError(
+                        'truncated', 'connection to the peer broke: %s%s'
+                        % (e, then), notify_peer=False)
+                if n == 0:
+                    self.peer_eof = True
+                else:
+                    self.decoder.commit(n)
+        except frames.FrameError as e:
+            return errors.from_frame_error(e)
 
     # -- frame handlers --------------------------------------------------
 

@@ -155,17 +155,22 @@ class Endpoint:
             return self.active == 0 and all(
                 self.completed.get(k, 0) >= n for k, n in expect.items())
 
-    def _serve_connection(self, label, setup):
+    def _serve_connection(self, label, setup, kind=None, index=None):
         """Run ``setup`` (handshake, HELLO) then the pump; record result.
 
-        ``setup(socks)`` stores every socket it opens in ``socks`` (keys
-        ``tls`` and ``local``) so that, whatever fails, the peer gets an
-        ABORT and every socket is closed here.
+        ``setup(socks, stream)`` stores every socket it opens in ``socks``
+        (keys ``tls`` and ``local``) so that, whatever fails, the peer gets
+        an ABORT and every socket is closed here; and the stream ``kind``
+        and connection ``index`` in ``stream`` as soon as it knows them
+        (the destination learns them from HELLO), so that the record of a
+        connection refused before the pump still names its stream.
+        ``label`` names the connection in the log and in the record.
         """
         conn = None
         socks = {}
+        stream = {'kind': kind, 'index': index}
         try:
-            info = setup(socks)
+            info = setup(socks, stream)
             conn = connection.Connection(
                 self.side, socks['tls'], socks['local'], info,
                 self.credentials, self.peer_store, self.control,
@@ -175,6 +180,7 @@ class Endpoint:
                 test_hooks=self.params.test_hooks, clock=self.clock)
             conn.run()
             result = conn.result()
+            result['label'] = label
             LOG.info('%s: completed, %d bytes to the destination, %d bytes '
                      'back, receipts exchanged', label,
                      result['src_to_dst']['bytes'],
@@ -184,27 +190,37 @@ class Endpoint:
             self._log_error(label, e)
             if socks.get('tls') is not None:
                 self._close_failed(socks['tls'], e)
-            status = errors.status_of(e)
-            if conn is not None:
-                result = conn.result(status, e)
-            else:
-                result = {'kind': label, 'index': None, 'status': status,
-                          'reason': e.reason, 'message': str(e.args[0])}
-            self._finished(result, e)
+            self._finished(self._failed_record(
+                conn, label, stream, errors.status_of(e), e), e)
         except Exception as e:  # noqa: broad on purpose: fail closed
             LOG.exception('%s: internal error', label)
             err = errors.TunnelError('internal_error', repr(e))
             if socks.get('tls') is not None:
                 self._close_failed(socks['tls'], err)
-            self._finished({'kind': label, 'index': None,
-                            'status': 'failed', 'reason': err.reason,
-                            'message': repr(e)}, err)
+            self._finished(self._failed_record(conn, label, stream,
+                                               'failed', err), err)
         finally:
             for sock in socks.values():
                 try:
                     sock.close()
                 except OSError:
                     pass
+
+    @staticmethod
+    def _failed_record(conn, label, stream, status, error):
+        """The record of a connection that ended with ``error``.
+
+        Without a pump (refused or failed during setup) there are no byte
+        counts or receipts; ``kind`` and ``index`` are None until known.
+        """
+        if conn is not None:
+            result = conn.result(status, error)
+        else:
+            result = {'kind': stream['kind'], 'index': stream['index'],
+                      'status': status, 'reason': error.reason,
+                      'message': str(error.args[0])}
+        result['label'] = label
+        return result
 
     def _log_error(self, label, error):
         if error.refusal:
@@ -460,12 +476,14 @@ class SourceEndpoint(Endpoint):
                 'stream_not_allowed', 'QEMU opened %s connection #%d, the '
                 'grant allows %d' % (kind, index, self.grant.streams[kind]))
             self._record({'kind': kind, 'index': index, 'status': 'refused',
-                          'reason': error.reason}, error)
+                          'reason': error.reason, 'label': label}, error)
             return
         LOG.info('%s: QEMU connected, opening TLS to %s', label,
                  self.grant.dst_endpoint)
         self._spawn(self._serve_connection, label,
-                    lambda socks: self._setup(socks, qemu, kind, index))
+                    lambda socks, _stream: self._setup(socks, qemu, kind,
+                                                       index),
+                    kind, index)
 
     def _setup(self, socks, qemu, kind, index):
         p = self.params
@@ -574,9 +592,10 @@ class DestinationEndpoint(Endpoint):
                                           addr[0], addr[1])
         LOG.info('%s: connection from %s:%s', label, addr[0], addr[1])
         self._spawn(self._serve_connection, label,
-                    lambda socks: self._setup(socks, raw, label))
+                    lambda socks, stream: self._setup(socks, stream, raw,
+                                                      label))
 
-    def _setup(self, socks, raw, label):
+    def _setup(self, socks, stream, raw, label):
         p = self.params
         socks['raw'] = raw
         deadline = time.monotonic() + p.handshake_timeout
@@ -599,6 +618,8 @@ class DestinationEndpoint(Endpoint):
         hello = self._expect_frame(sock, decoder, deadline,
                                    frames.FrameType.HELLO,
                                    frames.pull_hello, 'source')
+        # What the HELLO asks for, even if it is refused below.
+        stream.update(kind=hello.kind.label, index=hello.conn_index)
         grant = self._authorize(hello, peer)
         kind = hello.kind.label
         socks['local'] = self._connect_local(kind)

@@ -229,7 +229,21 @@ class TestCertificateRefusals(harness.TunnelTestCase):
                 sock.recv(100)
             except OSError:
                 pass
-        self.assertRefused(dst, 'tls_handshake_failed', 'refused')
+        outcome = self.assertRefused(dst, 'tls_handshake_failed', 'refused')
+        # Refused before any HELLO: the stream kind is unknown, not a label.
+        conn, = outcome['connections']
+        self.assertIsNone(conn['kind'])
+        self.assertIsNone(conn['index'])
+        self.assertIn('mig-1 destination/127.0.0.1:', conn['label'])
+
+    def test_refused_at_source_record_names_the_stream(self):
+        dst, src, _ = self.start_pair(dst={'host': 'host-b2'})
+        harness.FakeSourceQemu(self.src_sock, os.urandom(1000)).wait()
+        outcome = self.assertRefused(src, 'fingerprint_mismatch', 'refused')
+        self.assertRefused(dst, 'fingerprint_mismatch', 'refused')
+        conn, = outcome['connections']
+        self.assertEqual(('memory', 0), (conn['kind'], conn['index']))
+        self.assertEqual('mig-1 source/memory#0', conn['label'])
 
 
 class TestGrantRefusals(harness.TunnelTestCase):
@@ -298,6 +312,21 @@ class TestGrantRefusals(harness.TunnelTestCase):
         self._assert_grant_refused(
             'stream_not_allowed',
             lambda ep: self.pki.grant(ep, streams={'memory': 1}), index=1)
+
+    def test_refused_hello_record_names_the_stream(self):
+        # The HELLO was read, so the record has the stream it asked for.
+        proc, endpoint = self.start_destination()
+        sock = self.raw_client(endpoint)
+        sock.sendall(self.hello(self.pki.grant(endpoint), index=3,
+                                kind='disk'))
+        ftype, payload = self.read_frame(sock)
+        sock.close()
+        self.assertEqual(frames.FrameType.ABORT, ftype)
+        outcome = self.assertRefused(proc, 'stream_not_allowed', 'refused')
+        conn, = outcome['connections']
+        self.assertEqual(('disk', 3), (conn['kind'], conn['index']))
+        self.assertEqual('refused', conn['status'])
+        self.assertIn('mig-1 destination/127.0.0.1:', conn['label'])
 
     def test_second_hello_on_used_connection_index(self):
         proc, endpoint = self.start_destination(
@@ -484,6 +513,51 @@ class TestStreamFailures(harness.TunnelTestCase):
         harness.FakeSourceQemu(self.src_sock, os.urandom(1000)).wait()
         self.assertRefused(dst, 'local_endpoint_unavailable')
         self.assertRefused(src, 'local_endpoint_unavailable')
+
+    def _slow_destination_qemu(self):
+        """A destination QEMU reading slowly, once bytes are flowing.
+
+        The destination tunnel then has data queued for its QEMU, and
+        more behind it, unread, on the TLS connection.
+        """
+        qemu_dst = harness.FakeDestinationQemu(self.dst_qemu_sock,
+                                               read_size=16384, pace=0.02)
+        self.addCleanup(qemu_dst.close)
+        feeder = harness.FakeSourceQemu(self.src_sock, os.urandom(32 << 20))
+        deadline = time.monotonic() + 10
+        while qemu_dst.progress < 256 * 1024 and \
+                time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertGreaterEqual(qemu_dst.progress, 256 * 1024)
+        return qemu_dst, feeder
+
+    def test_source_killed_while_destination_qemu_lags(self):
+        # The source tunnel dies (no ABORT, no closing exchange) while the
+        # destination still has data for its slow QEMU, which then gives
+        # up. The peer truncated the stream; the failed write to QEMU is
+        # only the consequence and must not hide it.
+        dst, src, _ = self.start_pair()
+        qemu_dst, feeder = self._slow_destination_qemu()
+        src.kill()
+        time.sleep(0.3)
+        qemu_dst.hang_up()
+        outcome = self.assertRefused(dst, 'truncated', 'failed')
+        conn, = outcome['connections']
+        self.assertEqual('truncated', conn['reason'])
+        self.assertEqual('memory', conn['kind'])
+        self.assertLess(qemu_dst.progress, 32 << 20)
+        feeder.wait()
+
+    def test_destination_qemu_gives_up_mid_stream(self):
+        # The same slow QEMU gives up while the source is alive: that is
+        # the local endpoint's failure, and the source is told so.
+        dst, src, _ = self.start_pair()
+        qemu_dst, feeder = self._slow_destination_qemu()
+        qemu_dst.hang_up()
+        self.assertRefused(dst, 'local_endpoint_unavailable', 'failed')
+        self.assertRefused(src, 'local_endpoint_unavailable', 'failed')
+        feeder.wait()
+        self.assertNoSocketLeft()
 
     def test_sigterm_aborts_cleanly(self):
         dst, src, _ = self.start_pair()

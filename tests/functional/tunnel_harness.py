@@ -26,13 +26,24 @@ TIMEOUT = 30
 
 
 class FakeDestinationQemu:
-    """Listens where the destination QEMU would; records what arrives."""
+    """Listens where the destination QEMU would; records what arrives.
 
-    def __init__(self, path, reply=b'', connections=1):
+    ``read_size`` and ``pace`` make it a slow reader (at most ``read_size``
+    bytes per read, ``pace`` seconds between reads), so the destination
+    tunnel has data queued for it; :meth:`hang_up` then closes the
+    connections with that data unread, as a QEMU that gives up does.
+    """
+
+    def __init__(self, path, reply=b'', connections=1, read_size=1 << 20,
+                 pace=None):
         self.path = path
         self.reply = reply
+        self.read_size = read_size
+        self.pace = pace
         self.received = []
         self.errors = []
+        self.progress = 0      # bytes read so far, all connections
+        self._hang_up = threading.Event()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.bind(path)
         self._sock.listen(16)
@@ -57,17 +68,24 @@ class FakeDestinationQemu:
         try:
             if self.reply:
                 conn.sendall(self.reply)
-            while True:
-                chunk = conn.recv(1 << 20)
+            while not self._hang_up.is_set():
+                chunk = conn.recv(self.read_size)
                 if not chunk:
                     break
                 sha.update(chunk)
                 total += len(chunk)
+                self.progress += len(chunk)
+                if self.pace and self._hang_up.wait(self.pace):
+                    break
         except OSError as e:
             self.errors.append(e)
         finally:
             conn.close()
             self.received.append((total, sha.hexdigest()))
+
+    def hang_up(self):
+        """Close every connection at its next read, leaving input unread."""
+        self._hang_up.set()
 
     def wait(self, timeout=TIMEOUT):
         self._acceptor.join(timeout)

@@ -8,7 +8,10 @@ refused with its named reason. The TLS and QEMU sockets are mocks: the
 handlers only queue frames (``tls_out``) and deliver DATA to ``local``.
 """
 
+import errno
 import hashlib
+import socket
+import ssl
 import time
 from unittest import mock
 
@@ -491,3 +494,155 @@ class DispatchTest(ConnectionTestBase):
              frames.FrameType.ACK, frames.FrameType.END,
              frames.FrameType.RECEIPT, frames.FrameType.ABORT},
             set(self.src._dispatch))
+
+
+class FakeTls:
+    """The TLS side of a running pump: scripted input, then its end.
+
+    ``recv_into`` returns ``incoming`` one record (16 KiB) at a time, then
+    ``end``: ``'eof'`` (the peer's connection ended), ``'reset'``, or
+    ``'open'`` (the peer is still there but sends nothing more). Frames the
+    pump sends are kept in ``sent``. ``fileno`` is a socket that never
+    becomes readable, for the pump's poll.
+    """
+
+    def __init__(self, incoming, end='eof'):
+        self._in = memoryview(bytes(incoming))
+        self._end = end
+        self._idle, self._idle_peer = socket.socketpair()
+        self.sent = bytearray()
+
+    def setblocking(self, flag):
+        pass
+
+    def fileno(self):
+        return self._idle.fileno()
+
+    def pending(self):
+        return 0
+
+    def send(self, data):
+        self.sent += data
+        return len(data)
+
+    def recv_into(self, view):
+        if not self._in:
+            if self._end == 'eof':
+                return 0
+            if self._end == 'reset':
+                raise ConnectionResetError(errno.ECONNRESET, 'reset by peer')
+            raise ssl.SSLWantReadError()
+        n = min(len(view), len(self._in), 16 * 1024)
+        view[:n] = self._in[:n]
+        self._in = self._in[n:]
+        return n
+
+    def close(self):
+        self._idle.close()
+        self._idle_peer.close()
+
+
+class LocalEndpointLostTest(ConnectionTestBase):
+    """The local QEMU socket breaks mid-stream: whose fault was it?
+
+    A destination QEMU that reads slowly holds up the peer's bytes (the
+    pump reads no TLS while data waits for QEMU), so when the source tunnel
+    dies its end of the connection sits unread behind them; QEMU then gives
+    up, and the write to it fails. The stream was truncated by the peer and
+    must be reported so, not as a local endpoint failure.
+    """
+
+    def pump(self, incoming, end='eof', side='destination', accepted=100):
+        """A pump whose QEMU takes ``accepted`` bytes, then breaks."""
+        conn = self.connection(side)
+        conn.tls = FakeTls(incoming, end)
+        self.addCleanup(conn.tls.close)
+        qemu, qemu_peer = socket.socketpair()
+        self.addCleanup(qemu.close)
+        self.addCleanup(qemu_peer.close)
+        conn.local = mock.Mock()
+        conn.local.fileno.return_value = qemu.fileno()
+        conn.local.recv_into.side_effect = BlockingIOError
+        writes = []
+
+        def send(data):
+            writes.append(len(data))
+            if sum(writes[:-1]) < accepted:
+                return min(len(data), accepted - sum(writes[:-1]))
+            raise BrokenPipeError(errno.EPIPE, 'Broken pipe')
+        conn.local.send.side_effect = send
+        conn.control = mock.Mock(**{'should_stop.return_value': (False,
+                                                                 None)})
+        return conn
+
+    def data_frames(self, total, size=CHUNK):
+        return b''.join(bytes(frames.push_data(b'd' * size))
+                        for _ in range(total // size))
+
+    def assertRunFails(self, conn, reason):
+        e = self.assertRaises(errors.TunnelError, conn.run)
+        self.assertEqual(reason, e.reason, str(e))
+        return e
+
+    def test_peer_ended_behind_data_queued_for_qemu(self):
+        # More than one read batch, so the peer's EOF is still unread when
+        # the write to QEMU fails.
+        conn = self.pump(self.data_frames(1 << 20))
+        e = self.assertRunFails(conn, 'truncated')
+        self.assertFalse(e.notify_peer)
+        self.assertIn('Broken pipe', str(e))
+        self.assertEqual('failed', errors.status_of(e))
+
+    def test_peer_reset_behind_data_queued_for_qemu(self):
+        conn = self.pump(self.data_frames(1 << 20), end='reset')
+        e = self.assertRunFails(conn, 'truncated')
+        self.assertFalse(e.notify_peer)
+
+    def test_peer_ended_in_the_same_read(self):
+        conn = self.pump(self.data_frames(8 * CHUNK), accepted=0)
+        self.assertRunFails(conn, 'truncated')
+
+    def test_peer_ended_after_its_final_checkpoint(self):
+        # Nothing after the local failure is answered: a CHECKPOINT FINAL
+        # the pump reads while finding out gets no ACK FINAL.
+        total = 1 << 20
+        fin = frames.push_checkpoint(frames.Checkpoint(
+            offset=total, digest=sha(b'd' * total), final=True))
+        conn = self.pump(self.data_frames(total) + bytes(fin))
+        self.assertRunFails(conn, 'truncated')
+        self.assertIs(State.STREAMING, conn.state)
+        decoder = frames.FrameDecoder()
+        decoder.feed(bytes(conn.tls.sent))
+        self.assertNotIn(frames.FrameType.ACK,
+                         [ftype for ftype, _ in decoder.frames()])
+
+    def test_peer_aborted_behind_data_queued_for_qemu(self):
+        abort = frames.push_abort(frames.Abort(
+            frames.AbortCode.TERMINATED, 'migration cancelled'))
+        conn = self.pump(self.data_frames(1 << 20) + bytes(abort))
+        e = self.assertRunFails(conn, 'terminated')
+        self.assertFalse(e.notify_peer)
+        self.assertIn('migration cancelled', str(e))
+
+    @mock.patch.object(connection, 'PEER_END_GRACE', 0.2)
+    def test_peer_still_there(self):
+        # The peer has not ended: the local endpoint failed on its own, and
+        # the peer is told so.
+        conn = self.pump(self.data_frames(1 << 20), end='open')
+        started = time.monotonic()
+        e = self.assertRunFails(conn, 'local_endpoint_unavailable')
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertTrue(e.notify_peer)
+        self.assertIn('Broken pipe', str(e))
+
+    @mock.patch.object(connection, 'PEER_END_GRACE', 0.2)
+    def test_source_qemu_breaks_while_streaming(self):
+        # The same on the source: its QEMU's return path breaks before its
+        # stream ended, and the destination is still there.
+        conn = self.pump(self.data_frames(1 << 20), end='open',
+                         side='source')
+        self.assertRunFails(conn, 'local_endpoint_unavailable')
+
+    def test_source_qemu_breaks_after_destination_ended(self):
+        conn = self.pump(self.data_frames(1 << 20), side='source')
+        self.assertRunFails(conn, 'truncated')
