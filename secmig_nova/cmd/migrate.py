@@ -280,34 +280,39 @@ class Migrate:
         """Migrate; returns the summary dict (``status`` says how)."""
         from secmig_nova.virt import migration
         t0 = time.monotonic()
-        src_conn = self._connect(self.src.libvirt_uri)
-        dst_conn = self._connect(self.dst.libvirt_uri)
+        # Configuration first (certificates, brokers), then libvirt.
+        src_engine, dst_engine = self._engines()
         try:
-            dom = self._lookup(src_conn, domain)
-            instance_uuid = dom.UUIDString()
-            mid = migration_id or str(uuid.uuid4())
-            parallel = self.opts.parallel_connections
-            streams = migration.stream_counts(parallel=parallel)
-            summary = {'migration_id': mid, 'domain': dom.name(),
-                       'instance_uuid': instance_uuid,
-                       'source': '%s/%s' % (self.src.cloud_id,
-                                            self.src.name),
-                       'destination': '%s/%s' % (self.dst.cloud_id,
-                                                 self.dst.name),
-                       'streams': streams}
-            src_engine, dst_engine = self._engines()
+            src_conn = self._connect(self.src.libvirt_uri)
             try:
+                dst_conn = self._connect(self.dst.libvirt_uri)
+            except CommandError:
+                src_conn.close()
+                raise
+            try:
+                dom = self._lookup(src_conn, domain)
+                instance_uuid = dom.UUIDString()
+                mid = migration_id or str(uuid.uuid4())
+                parallel = self.opts.parallel_connections
+                streams = migration.stream_counts(parallel=parallel)
+                summary = {'migration_id': mid, 'domain': dom.name(),
+                           'instance_uuid': instance_uuid,
+                           'source': '%s/%s' % (self.src.cloud_id,
+                                                self.src.name),
+                           'destination': '%s/%s' % (self.dst.cloud_id,
+                                                     self.dst.name),
+                           'streams': streams}
                 return self._run(summary, dom, dst_conn, src_engine,
                                  dst_engine, streams, parallel,
                                  user_id or self.opts.user_id,
                                  project_id or self.opts.project_id,
                                  token, t0)
             finally:
-                if self.brokers is not None:
-                    self.brokers.stop()
+                src_conn.close()
+                dst_conn.close()
         finally:
-            src_conn.close()
-            dst_conn.close()
+            if self.brokers is not None:
+                self.brokers.stop()
 
     @staticmethod
     def _lookup(conn, domain):

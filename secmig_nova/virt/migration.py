@@ -450,16 +450,20 @@ class Tunnel:
     """One tunnel process of one side of a migration, always cleaned up.
 
     :param factory: callable ``(params) -> TunnelProcess``-like object.
-    :param sockets: socket paths this side's tunnel listens on (removed on
-        stop, in case the process could not remove them itself).
+    :param sockets: socket paths this side's tunnel listens on, removed
+        by ``cleaner`` (default :func:`remove_stale_sockets`) when the
+        process ended without reporting an outcome (killed): a tunnel that
+        reports one has removed them itself.
     """
 
-    def __init__(self, side, migration_id, params, factory, sockets=()):
+    def __init__(self, side, migration_id, params, factory, sockets=(),
+                 cleaner=None):
         self.side = side
         self.migration_id = migration_id
         self.params = params
         self.factory = factory
         self.sockets = tuple(sockets)
+        self.cleaner = cleaner or remove_stale_sockets
         self.process = None
         self.ready = None
         self.outcome = None
@@ -519,8 +523,19 @@ class Tunnel:
         return self.outcome
 
     def _remove_sockets(self):
-        for path in self.sockets:
-            remove_socket(path)
+        if not self.sockets or self.outcome is not None:
+            return
+        try:
+            removed = self.cleaner(self.sockets)
+        except Exception:  # noqa: clean-up must not mask the outcome
+            LOG.exception('Could not remove the %s tunnel sockets %s of '
+                          'migration %s', self.side, self.sockets,
+                          self.migration_id)
+            return
+        if removed:
+            LOG.info('Removed the sockets %s the %s tunnel of migration %s '
+                     'left behind', ', '.join(removed), self.side,
+                     self.migration_id)
 
 
 @dataclasses.dataclass
@@ -905,7 +920,8 @@ class SecureMigration:
             tunnel = Tunnel(SOURCE, migration_id, self.tunnel_params(
                 SOURCE, migration_id, sockets, dst_store,
                 grant=grant.token, expect_connections=dict(grant.streams)),
-                self.tunnel_factory, sockets=sockets.values())
+                self.tunnel_factory, sockets=sockets.values(),
+                cleaner=self.socket_cleaner)
             ready = tunnel.start(s.tunnel_ready_timeout)
             if ready.get('sockets') != sockets:
                 raise SecureMigrationError(

@@ -27,19 +27,15 @@ import signal
 import socket
 import threading
 import time
-import uuid
 
-import testtools
 from testtools import content
 from tools.lab import lab as lab_mod
 
 from secmig_nova.authz import tokens
-from secmig_nova.trust import store
+from tests.functional.lab import base
 from tests.functional import tunnel_harness as harness
 
-MIB = 1 << 20
-BOOT_TIMEOUT = 90
-BEAT_TIMEOUT = 30
+MIB = base.MIB
 MIGRATE_TIMEOUT = 120
 # Offset in the TLS byte stream (source -> destination) of the flipped
 # byte: well after the handshake and the first guest pages, well before
@@ -56,11 +52,6 @@ KILL_DELAY = 0.05
 # Bytes a refused source may send before the refusal: the TLS handshake
 # and an ABORT frame, never a guest page batch.
 HANDSHAKE_BYTES = 16 * 1024
-
-
-def _marker():
-    """A marker nothing else on this machine contains (45 characters)."""
-    return '%s-%s' % (lab_mod.MARKER, uuid.uuid4().hex[:16])
 
 
 class CountingProxy(harness.Proxy):
@@ -101,44 +92,9 @@ class CountingProxy(harness.Proxy):
                     pass
 
 
-class EndToEndTest(testtools.TestCase):
-
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.lab = lab_mod.Lab.temporary()
-        try:
-            cls.lab.start()
-        except BaseException:
-            cls.lab.teardown()
-            raise
-        cls.a = cls.lab.host('a')
-        cls.b = cls.lab.host('b')
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.lab.teardown()
-        super().tearDownClass()
+class EndToEndTest(base.LabTestCase):
 
     # -- helpers -------------------------------------------------------------
-
-    def boot(self, host, name, marker=None):
-        """Boot a guest with its own marker; wait for two heartbeats."""
-        marker = marker or _marker()
-        self.addCleanup(self.lab.destroy_guest, name)
-        self.lab.start_guest(host, name, marker=marker)
-        for each in (self.a, self.b):
-            self.addDetail('%s-serial-%s' % (name, each.name),
-                           content.Content(content.UTF8_TEXT,
-                                           lambda h=each: [self.lab.serial(
-                                               h, name)[-3000:]]))
-        self.lab.wait_heartbeat(host, name, above=1, timeout=BOOT_TIMEOUT)
-        booted = self.lab.serial(host, name)
-        self.assertIn(('marker=%s ' % marker).encode(), booted)
-        return marker
-
-    def mark(self, host, name):
-        return len(self.lab.serial(host, name))
 
     def record(self, result, **extra):
         outcomes = {}
@@ -158,25 +114,6 @@ class EndToEndTest(testtools.TestCase):
         for side, text in result.tunnel_stderr.items():
             self.addDetail('tunnel-%s-%s-stderr' % (result.guest, side),
                            content.text_content(text[-4000:]))
-
-    def assertStillOnSource(self, name, src, dst, dst_mark):
-        """The failed migration left the guest running on src, unharmed."""
-        libvirt = lab_mod._libvirt()
-        self.assertIsNone(dst.domain(name),
-                          '%s is defined on %s after the failed migration'
-                          % (name, dst.name))
-        dom = src.domain(name)
-        self.assertIsNotNone(dom, '%s is gone from %s' % (name, src.name))
-        self.assertTrue(dom.isActive())
-        self.assertEqual(libvirt.VIR_DOMAIN_RUNNING, dom.state()[0])
-        # The heartbeat keeps rising in src's log (two more beats).
-        last = self.lab.heartbeats(src, name)[-1]
-        newest = self.lab.wait_heartbeat(src, name, above=last + 1,
-                                         timeout=BEAT_TIMEOUT)
-        self.assertGreater(newest, last)
-        # Never restarted; nothing ran on dst.
-        self.assertEqual(1, self.lab.serial(src, name).count(lab_mod.BOOTED))
-        self.assertEqual([], self.lab.heartbeats(dst, name, since=dst_mark))
 
     def assertCleanedUp(self, result, killed_source=False):
         """What the lab (as the compute driver would) had to remove.
@@ -199,12 +136,7 @@ class EndToEndTest(testtools.TestCase):
         for side, proc in result.procs.items():
             self.assertIsNotNone(proc.proc.poll(),
                                  '%s tunnel still runs' % side)
-        for host in (self.a, self.b):
-            self.assertEqual([], host.tunnel_pids(),
-                             'tunnel processes left on %s' % host.name)
-            self.assertEqual([], host.socket_files(),
-                             'files left in %s on %s'
-                             % (lab_mod.SOCKET_DIR, host.name))
+        self.assertNoTunnelLeft()
 
     def assertFailedWith(self, result, side, reason, status):
         rc, outcome = result.tunnels[side]
@@ -232,10 +164,6 @@ class EndToEndTest(testtools.TestCase):
         return sum(c.get('src_to_dst', {}).get('bytes', 0)
                    for c in outcome['connections'])
 
-    def _store(self, host):
-        trust = self.lab.pki.trust(host.name)
-        return store.TrustStore.load(trust['cloud_id'], trust['ca_file'])
-
     def assertReceipts(self, result, src, dst, instance_uuid):
         """Both receipts verify, agree and name this migration."""
         conns = {}
@@ -250,28 +178,16 @@ class EndToEndTest(testtools.TestCase):
         self.assertEqual(s['dst_to_src'], d['dst_to_src'])
         self.assertGreater(s['src_to_dst']['bytes'], 10 * MIB)
         src_claims, _ = tokens.verify_receipt(
-            s['source_receipt'], self._store(src),
+            s['source_receipt'], self.trust_store(src),
             expected_fingerprint=s['src_fingerprint'])
         dst_claims, _ = tokens.verify_receipt(
-            d['destination_receipt'], self._store(dst),
+            d['destination_receipt'], self.trust_store(dst),
             expected_fingerprint=d['dst_fingerprint'])
         for claims in (src_claims, dst_claims):
             self.assertEqual(s['src_to_dst'], claims['src_to_dst'])
             self.assertEqual(result.migration_id, claims['migration_id'])
             self.assertEqual(instance_uuid, claims['instance_uuid'])
         return s
-
-    def assertContinued(self, name, src, dst, mark):
-        last_on_src = self.lab.heartbeats(src, name)[-1]
-        self.lab.wait_heartbeat(dst, name, timeout=BEAT_TIMEOUT, since=mark)
-        first = self.lab.heartbeats(dst, name, since=mark)[0]
-        self.assertTrue(last_on_src < first <= last_on_src + 2,
-                        'last heartbeat on %s %d, first on %s %d'
-                        % (src.name, last_on_src, dst.name, first))
-        self.assertNotIn(lab_mod.BOOTED, self.lab.serial(dst, name)[mark:])
-        newest = self.lab.wait_heartbeat(dst, name, above=first + 1,
-                                         timeout=BEAT_TIMEOUT, since=mark)
-        self.assertGreater(newest, first)
 
     # -- tests ---------------------------------------------------------------
 

@@ -17,75 +17,17 @@ import json
 import os
 import re
 
-import testtools
 from testtools import content
 from tools.lab import lab as lab_mod
 
 from secmig_nova.authz import tokens
-from secmig_nova.trust import store
+from tests.functional.lab import base
 
-MIB = 1 << 20
-BOOT_TIMEOUT = 90
-BEAT_TIMEOUT = 30
+MIB = base.MIB
+BEAT_TIMEOUT = base.BEAT_TIMEOUT
 
 
-class LabMigrationTest(testtools.TestCase):
-
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.lab = lab_mod.Lab.temporary()
-        try:
-            cls.lab.start()
-        except BaseException:
-            cls.lab.teardown()
-            raise
-        cls.a = cls.lab.host('a')
-        cls.b = cls.lab.host('b')
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.lab.teardown()
-        super().tearDownClass()
-
-    def boot(self, host, name):
-        self.addCleanup(self.lab.destroy_guest, name)
-        self.lab.start_guest(host, name)
-        for each in (self.a, self.b):
-            self.addDetail('%s-serial-%s' % (name, each.name),
-                           content.Content(content.UTF8_TEXT,
-                                           lambda h=each: [self.lab.serial(
-                                               h, name)[-4000:]]))
-        return self.lab.wait_heartbeat(host, name, timeout=BOOT_TIMEOUT)
-
-    def assertRunsOn(self, name, host, other):
-        self.assertIsNone(other.domain(name),
-                          '%s still defined on %s' % (name, other.name))
-        dom = host.domain(name)
-        self.assertIsNotNone(dom, '%s not on %s' % (name, host.name))
-        self.assertTrue(dom.isActive())
-
-    def assertContinued(self, name, src, dst, mark):
-        """The guest goes on in dst's serial log where it left src.
-
-        mark: length of dst's log before the migration. A rebooted guest
-        would print SECMIG-LAB-BOOTED and count from 1 again.
-        """
-        last_on_src = self.lab.heartbeats(src, name)[-1]
-        self.lab.wait_heartbeat(dst, name, timeout=BEAT_TIMEOUT, since=mark)
-        first = self.lab.heartbeats(dst, name, since=mark)[0]
-        # +2: a heartbeat line cut in two by the switch-over is lost.
-        self.assertTrue(last_on_src < first <= last_on_src + 2,
-                        'last heartbeat on %s %d, first on %s %d'
-                        % (src.name, last_on_src, dst.name, first))
-        self.assertNotIn(lab_mod.BOOTED, self.lab.serial(dst, name)[mark:])
-        newest = self.lab.wait_heartbeat(dst, name, above=first + 1,
-                                         timeout=BEAT_TIMEOUT, since=mark)
-        self.assertGreater(newest, first)
-        return newest
-
-    def mark(self, host, name):
-        return len(self.lab.serial(host, name))
+class LabMigrationTest(base.LabTestCase):
 
     def record(self, result):
         self.addDetail('migration-%s-%s-%s' % (result.kind, result.src.name,
@@ -109,7 +51,8 @@ class LabMigrationTest(testtools.TestCase):
         own_ns = os.readlink('/proc/self/ns/mnt')
         self.assertEqual(3, len({own_ns, a.mnt_ns, b.mnt_ns}))
 
-        first = self.boot(a, 'smoke')
+        self.boot(a, 'smoke')
+        first = self.lab.heartbeats(a, 'smoke')[-1]
         later = self.lab.wait_heartbeat(a, 'smoke', above=first + 1,
                                         timeout=BEAT_TIMEOUT)
         self.assertGreater(later, first)
@@ -173,15 +116,11 @@ class LabMigrationTest(testtools.TestCase):
         self.assertEqual('TLSv1.3', s['tls_version'])
         # Both receipts verify against their clouds' CAs and agree.
         src_claims, _ = tokens.verify_receipt(
-            s['source_receipt'], self._store(src),
+            s['source_receipt'], self.trust_store(src),
             expected_fingerprint=s['src_fingerprint'])
         dst_claims, _ = tokens.verify_receipt(
-            d['destination_receipt'], self._store(dst),
+            d['destination_receipt'], self.trust_store(dst),
             expected_fingerprint=d['dst_fingerprint'])
         self.assertEqual(s['src_to_dst'], src_claims['src_to_dst'])
         self.assertEqual(s['src_to_dst'], dst_claims['src_to_dst'])
         self.assertEqual(result.migration_id, dst_claims['migration_id'])
-
-    def _store(self, host):
-        trust = self.lab.pki.trust(host.name)
-        return store.TrustStore.load(trust['cloud_id'], trust['ca_file'])
