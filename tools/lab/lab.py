@@ -1111,41 +1111,121 @@ def tcp_streams(pcap):
     return streams
 
 
-def main(argv=None):
-    """Try the lab by hand: boot, migrate plain and secure, print timings.
+def _say(text=''):
+    print(text, flush=True)
 
-    ``python tools/lab/lab.py demo [--keep]`` (see tools/lab/README.md).
-    """
+
+def _demo_move(the_lab, src, dst, name, progress):
+    """One secmig-migrate run src -> dst, its output on this terminal."""
+    before = the_lab.heartbeats(src, name)[-1]
+    mark = len(the_lab.serial(dst, name))
+    conf = os.path.relpath(the_lab.migrate_conf(src, dst))
+    migration_id = str(uuid.uuid4())
+    argv = ['--config-file', conf, '--migration-id', migration_id,
+            '--progress' if progress else '--noprogress', name]
+    _say('$ secmig-migrate %s' % ' '.join(argv))
+    rc = subprocess.call([sys.executable, '-m', 'secmig_nova.cmd.migrate']
+                         + argv, env=the_lab.env)
+    if rc != 0:
+        raise LabError('secmig-migrate %s -> %s exited %d'
+                       % (src.name, dst.name, rc))
+    if dst.domain(name) is None or src.domain(name) is not None:
+        raise LabError('%s is not running on %s alone' % (name, dst.name))
+    first = the_lab.wait_heartbeat(dst, name, since=mark)
+    newer = the_lab.wait_heartbeat(dst, name, above=first, since=mark)
+    _say('guest %s: last heartbeat on %s #%d, now running on %s: #%d, #%d '
+         '(no reboot)' % (name, src.hostname, before, dst.hostname, first,
+                          newer))
+    return os.path.join(the_lab.root, 'migrate', 'receipts',
+                        '%s.json' % migration_id)
+
+
+def demo(the_lab, progress):
+    """README command 1: a running guest moved A -> B -> A securely."""
+    a, b = the_lab.host('a'), the_lab.host('b')
+    _say('== two libvirt hosts on this machine (own mount/UTS namespaces)')
+    for host in (a, b):
+        _say('%s: libvirtd %s, %s' % (host.hostname, host.uri,
+                                      host.conn().getHostname()))
+    the_lab.destroy_guest('demo')
+    the_lab.start_guest(a, 'demo')
+    beat = the_lab.wait_heartbeat(a, 'demo', above=1)
+    _say('guest demo booted on %s, heartbeat #%d (serial log %s)'
+         % (a.hostname, beat, os.path.relpath(a.serial_log('demo'))))
+    files = []
+    for src, dst in ((a, b), (b, a)):
+        _say()
+        _say('== secure live migration %s -> %s' % (src.hostname,
+                                                    dst.hostname))
+        files.append(_demo_move(the_lab, src, dst, 'demo', progress))
+    _say()
+    _say('== both receipts of each migration, verified offline')
+    cas = []
+    for name in the_lab.names:
+        trust = the_lab.pki.trust(name)
+        cas += ['--ca', '%s=%s' % (trust['cloud_id'], trust['ca_file'])]
+    for path in files:
+        argv = ['secmig-nova-manage', 'receipts', 'verify',
+                os.path.relpath(path)] + cas
+        _say('$ ' + ' '.join(argv))
+        proc = subprocess.run([sys.executable, '-m',
+                               'secmig_nova.cmd.manage'] + argv[1:],
+                              capture_output=True, text=True)
+        _say(proc.stdout.rstrip())
+        if proc.returncode != 0:
+            raise LabError('receipts of %s do not verify: %s'
+                           % (path, proc.stderr))
+    the_lab.destroy_guest('demo')
+    _say()
+    _say('demo complete: the guest moved %s -> %s -> %s through the secmig '
+         'tunnel, its heartbeat continued, every receipt verified'
+         % (a.hostname, b.hostname, a.hostname))
+
+
+def compare(the_lab, rounds):
+    """Plain and secure round trips, one JSON line each (timings)."""
+    a, b = the_lab.host('a'), the_lab.host('b')
+    the_lab.destroy_guest('demo')
+    the_lab.start_guest(a, 'demo')
+    the_lab.wait_heartbeat(a, 'demo')
+    for _ in range(rounds):
+        for migrate in (the_lab.migrate_plain, the_lab.migrate_secure):
+            for src, dst in ((a, b), (b, a)):
+                result = migrate(src, dst, 'demo')
+                before = the_lab.heartbeats(src, 'demo')[-1]
+                beat = the_lab.wait_heartbeat(dst, 'demo', above=before)
+                print(json.dumps(dict(result.summary(),
+                                      heartbeat=[before, beat])))
+    the_lab.destroy_guest('demo')
+
+
+def main(argv=None):
+    """``python tools/lab/lab.py demo|compare [--keep]`` (README.md)."""
     import argparse
-    parser = argparse.ArgumentParser(description='secmig-nova lab demo')
-    parser.add_argument('command', choices=('demo',))
+    parser = argparse.ArgumentParser(description='secmig-nova lab')
+    parser.add_argument('command', choices=('demo', 'compare'),
+                        help='demo: secmig-migrate A -> B -> A with '
+                             'receipts verified; compare: plain and '
+                             'secure round trips as JSON lines')
     parser.add_argument('--keep', action='store_true',
                         help='use .lab/ and leave the hosts running')
     parser.add_argument('--rounds', type=int, default=1,
-                        help='plain and secure round trips to time')
+                        help='compare: round trips of each kind')
+    parser.add_argument('--progress', action='store_true', default=None,
+                        help='progress bar (default: on a terminal)')
     args = parser.parse_args(argv)
     the_lab = Lab() if args.keep else Lab.temporary()
     try:
-        the_lab.start()
-        print(json.dumps({'step': 'start', **{
-            k: round(v, 2) for k, v in the_lab.timings.items()}}))
-        a, b = the_lab.host('a'), the_lab.host('b')
-        the_lab.destroy_guest('demo')
         t0 = time.monotonic()
-        the_lab.start_guest(a, 'demo')
-        the_lab.wait_heartbeat(a, 'demo')
-        print(json.dumps({'step': 'boot', 'host': 'a',
-                          'first_heartbeat_s': round(time.monotonic() - t0,
-                                                     2)}))
-        for _ in range(args.rounds):
-            for migrate in (the_lab.migrate_plain, the_lab.migrate_secure):
-                for src, dst in ((a, b), (b, a)):
-                    result = migrate(src, dst, 'demo')
-                    before = the_lab.heartbeats(src, 'demo')[-1]
-                    beat = the_lab.wait_heartbeat(dst, 'demo', above=before)
-                    print(json.dumps(dict(result.summary(),
-                                          heartbeat=[before, beat])))
-        the_lab.destroy_guest('demo')
+        the_lab.start()
+        _say('lab up in %.1f s (state in %s)'
+             % (time.monotonic() - t0, os.path.relpath(the_lab.root)))
+        if args.command == 'demo':
+            progress = sys.stdout.isatty() if args.progress is None \
+                else args.progress
+            demo(the_lab, progress)
+        else:
+            compare(the_lab, args.rounds)
     finally:
         if not args.keep:
             the_lab.teardown()
