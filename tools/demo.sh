@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # README command 1: on a fresh Debian 12 machine (as root), install what
 # the lab needs, start two real libvirt hosts on this machine, boot a tiny
-# guest on host A and live-migrate it A -> B -> A, once plainly and once
-# through the secmig tunnel (TLS 1.3, pinned certificates, checkpoints,
-# signed receipts), printing one JSON line per step: timings, bytes,
-# downtime, the tunnels' outcome and the guest's heartbeat before and
-# after each move. The tunnel benchmark is tools/bench_tunnel.py.
+# guest on host A and live-migrate it A -> B -> A with secmig-migrate: the
+# embedded brokers of clouds lab-a and lab-b authorize and grant, the
+# guest's memory goes through two secmig-tunnel processes (TLS 1.3, pinned
+# certificates, checkpoints), and both signed receipts of each migration
+# are verified, then verified again offline with secmig-nova-manage.
+# Options: --keep (leave the hosts and .lab/ state), --progress.
+# Timing comparison with plain migration: tools/bench_migration.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install-deps.sh

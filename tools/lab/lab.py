@@ -1117,7 +1117,6 @@ def _say(text=''):
 
 def _demo_move(the_lab, src, dst, name, progress):
     """One secmig-migrate run src -> dst, its output on this terminal."""
-    before = the_lab.heartbeats(src, name)[-1]
     mark = len(the_lab.serial(dst, name))
     conf = os.path.relpath(the_lab.migrate_conf(src, dst))
     migration_id = str(uuid.uuid4())
@@ -1131,11 +1130,12 @@ def _demo_move(the_lab, src, dst, name, progress):
                        % (src.name, dst.name, rc))
     if dst.domain(name) is None or src.domain(name) is not None:
         raise LabError('%s is not running on %s alone' % (name, dst.name))
+    before = the_lab.heartbeats(src, name)[-1]
     first = the_lab.wait_heartbeat(dst, name, since=mark)
     newer = the_lab.wait_heartbeat(dst, name, above=first, since=mark)
-    _say('guest %s: last heartbeat on %s #%d, now running on %s: #%d, #%d '
-         '(no reboot)' % (name, src.hostname, before, dst.hostname, first,
-                          newer))
+    _say('guest %s: last heartbeat on %s #%d, then on %s #%d, #%d: the '
+         'same guest, running on (no reboot)' % (name, src.hostname, before,
+                                                 dst.hostname, first, newer))
     return os.path.join(the_lab.root, 'migrate', 'receipts',
                         '%s.json' % migration_id)
 
