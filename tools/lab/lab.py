@@ -50,6 +50,7 @@ from secmig_nova.authz import tokens  # noqa: E402
 from secmig_nova.trust import ca  # noqa: E402
 from secmig_nova.trust import certs  # noqa: E402
 from secmig_nova.tunnel import process  # noqa: E402
+from secmig_nova.virt import migration  # noqa: E402
 
 HOSTS_SH = os.path.join(HERE, 'hosts.sh')
 GUEST_SH = os.path.join(HERE, 'guest.sh')
@@ -791,14 +792,15 @@ class Lab:
         """
         libvirt = _libvirt()
         migration_id = migration_id or 'lab-%s' % uuid.uuid4().hex[:12]
-        sock = '%s/%s.sock' % (SOCKET_DIR, migration_id)
-        uri = 'unix://%s' % sock
+        # The driver's and secmig-migrate's names and parameters.
+        sock = migration.socket_path(SOCKET_DIR, migration_id)
+        uri = migration.unix_uri(sock)
         result = Migration('secure', name, src, dst, uri)
         result.migration_id = migration_id
         dom = src.domain(name)
         if dom is None:
             raise LabError('guest %s is not on %s' % (name, src.name))
-        streams = {'memory': 1}
+        streams = migration.stream_counts()
         t0 = time.monotonic()
         dst_tunnel = self.tunnel(dst, self.tunnel_params(
             'destination', dst, src, migration_id, {'memory': sock},
@@ -827,9 +829,7 @@ class Lab:
             result.ready['source'] = src_tunnel.wait_ready()
             result.tunnel_ns['source'] = _mnt_ns(src_tunnel.pid)
             result.setup_seconds = time.monotonic() - t0
-            params = {libvirt.VIR_MIGRATE_PARAM_URI: uri}
-            if bandwidth_mib:
-                params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = bandwidth_mib
+            params = migration.libvirt_params(uri, bandwidth=bandwidth_mib)
             try:
                 self._migrate(dom, dst, params, self._flags(), result,
                               timeout, during)
