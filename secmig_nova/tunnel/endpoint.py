@@ -548,6 +548,8 @@ class DestinationEndpoint(Endpoint):
         self.endpoint = None
         self.bound = None
         self._used = set()
+        self._local_order = threading.Condition()
+        self._next_local = {}
 
     def listen(self):
         """Bind the first free port of the range; returns ``host:port``."""
@@ -622,7 +624,11 @@ class DestinationEndpoint(Endpoint):
         stream.update(kind=hello.kind.label, index=hello.conn_index)
         grant = self._authorize(hello, peer)
         kind = hello.kind.label
-        socks['local'] = self._connect_local(kind)
+        try:
+            self._wait_local_turn(kind, hello.conn_index)
+            socks['local'] = self._connect_local(kind)
+        finally:
+            self._local_turn_done(kind, hello.conn_index)
         sock.sendall(frames.push_hello_ok(frames.HelloOk(
             version=frames.PROTOCOL_VERSION, conn_index=hello.conn_index)))
         if decoder.pending():
@@ -681,6 +687,34 @@ class DestinationEndpoint(Endpoint):
                     'was already used' % (kind, hello.conn_index, grant.jti))
             self._used.add(key)
         return grant
+
+    def _wait_local_turn(self, kind, index):
+        """Reach the local QEMU in the order the source QEMU connected.
+
+        Each tunnel connection has its own TLS handshake, so connection
+        #1 can be ready before #0. QEMU before 8.1 takes the first
+        connection it accepts as the main migration channel (multifd's
+        data channels come after it), so connection #i connects to the
+        local socket only after #0..#i-1 did (or gave up).
+        """
+        deadline = time.monotonic() + self.params.local_endpoint_timeout
+        with self._local_order:
+            while self._next_local.get(kind, 0) < index:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.control.stopped:
+                    raise errors.TunnelError(
+                        'local_endpoint_unavailable', '%s connection #%d '
+                        'waited %.1f s for connection #%d to reach the '
+                        'local QEMU first'
+                        % (kind, index, self.params.local_endpoint_timeout,
+                           self._next_local.get(kind, 0)))
+                self._local_order.wait(min(remaining, 0.1))
+
+    def _local_turn_done(self, kind, index):
+        with self._local_order:
+            self._next_local[kind] = max(self._next_local.get(kind, 0),
+                                         index + 1)
+            self._local_order.notify_all()
 
     def _connect_local(self, kind):
         path = self.params.sockets[kind]

@@ -349,6 +349,34 @@ class TestGrantRefusals(harness.TunnelTestCase):
         first.close()
         replay.close()
 
+    def test_local_qemu_reached_in_the_sources_order(self):
+        """Connection #1 ready first still reaches QEMU after #0.
+
+        QEMU before 8.1 takes the first connection it accepts as the main
+        channel; the destination tunnel keeps the source's order.
+        """
+        proc, endpoint = self.start_destination(
+            expect_connections={'memory': 2})
+        qemu_dst = harness.FakeDestinationQemu(self.dst_qemu_sock,
+                                               connections=2)
+        self.addCleanup(qemu_dst.close)
+        grant = self.pki.grant(endpoint, streams={'memory': 2})
+        second = self.raw_client(endpoint)
+        second.sendall(self.hello(grant, index=1))
+        second.settimeout(1.0)
+        # Without the ordering, HELLO_OK for #1 would come right away.
+        self.assertRaises(socket.timeout, second.recv, 1)
+        first = self.raw_client(endpoint)
+        first.sendall(self.hello(grant, index=0))
+        self.assertEqual(frames.FrameType.HELLO_OK,
+                         self.read_frame(first)[0])
+        second.settimeout(10)
+        self.assertEqual(frames.FrameType.HELLO_OK,
+                         self.read_frame(second)[0])
+        first.close()
+        second.close()
+        proc.terminate()
+
     def test_second_hello_within_a_connection(self):
         proc, endpoint = self.start_destination()
         qemu_dst = harness.FakeDestinationQemu(self.dst_qemu_sock)
