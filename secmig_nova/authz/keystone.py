@@ -590,6 +590,14 @@ def set_client(conf, client):
         _CLIENTS[id(conf)] = (conf, client)
 
 
+def forget_client(conf):
+    """Drop the client of ``conf`` (a configuration that goes away)."""
+    with _CLIENTS_LOCK:
+        entry = _CLIENTS.get(id(conf))
+        if entry is not None and entry[0] is conf:
+            del _CLIENTS[id(conf)]
+
+
 def reset_clients():
     with _CLIENTS_LOCK:
         _CLIENTS.clear()

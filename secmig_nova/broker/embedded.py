@@ -33,7 +33,8 @@ class EmbeddedBrokerError(Exception):
 
 
 def topic(cloud_id):
-    # fake:// transports share one exchange per process: a topic per cloud.
+    # Every cloud's broker listens on the one in-process transport: a
+    # topic per cloud keeps them apart.
     return 'secmig_broker_%s' % cloud_id
 
 
@@ -60,6 +61,7 @@ class EmbeddedBrokers:
         self.databases = {}
         self.managers = {}
         self.servers = []
+        self._policy_confs = []
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
         try:
             for cloud_id, (store, cert_file, key_file) in clouds.items():
@@ -99,6 +101,7 @@ class EmbeddedBrokers:
         policy_conf = cfg.ConfigOpts()
         policy_conf([])
         keystone.set_client(policy_conf, roles)
+        self._policy_confs.append(policy_conf)
         enforcer = oslo_policy.Enforcer(policy_conf)
         enforcer.register_defaults(policies.list_rules())
         peers = {
@@ -131,3 +134,9 @@ class EmbeddedBrokers:
         for db in self.databases.values():
             db.dispose()
         self.databases = {}
+        for conf in self._policy_confs:
+            keystone.forget_client(conf)
+        self._policy_confs = []
+        if self.transport is not None:
+            self.transport.cleanup()
+            self.transport = None

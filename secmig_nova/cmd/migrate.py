@@ -588,12 +588,16 @@ def main(argv=None):
                              user_id=conf.user_id_arg,
                              project_id=conf.project_id_arg,
                              token=conf.os_token)
-    except CommandError as e:
+    except (CommandError, cfg.Error) as e:
+        # oslo.config checks a value's type when it is first read.
+        if not isinstance(e, CommandError):
+            e = CommandError(EXIT_CONFIG, 'configuration: %s' % e)
         progress.close()
-        log.error('%s', e)
+        if conf.log_file:
+            log.error('%s', e)
         if conf.json:
             print(json.dumps({'status': 'error', 'message': str(e)}))
-        elif conf.log_file:
+        else:
             print('secmig-migrate: %s' % e, file=sys.stderr)
         return e.code
     if conf.json:

@@ -465,6 +465,7 @@ class Tunnel:
         self.sockets = tuple(sockets)
         self.cleaner = cleaner or remove_stale_sockets
         self.process = None
+        self.ended = False      # the process is gone (outcome or not)
         self.ready = None
         self.outcome = None
 
@@ -499,13 +500,14 @@ class Tunnel:
                     'message': 'no outcome within %.0f s' % timeout,
                     'connections': (outcome or {}).get('connections', [])}
         self.outcome = outcome
+        self.ended = True
         self._remove_sockets()
         return outcome
 
     def stop(self, timeout=STOP_TIMEOUT):
         """SIGTERM, SIGKILL if it lingers; remove sockets. Idempotent."""
         try:
-            if self.process is not None and self.outcome is None:
+            if self.process is not None and not self.ended:
                 try:
                     _rc, self.outcome = self.process.terminate(timeout)
                 except Exception:  # noqa: must not mask the real error
@@ -518,6 +520,7 @@ class Tunnel:
                         LOG.exception('Killing the %s tunnel of migration '
                                       '%s failed', self.side,
                                       self.migration_id)
+                self.ended = True
         finally:
             self._remove_sockets()
         return self.outcome
@@ -690,6 +693,7 @@ class OutgoingMigration(_Side):
         except process.TunnelProcessError:
             return None
         self.tunnel.outcome = outcome
+        self.tunnel.ended = True
         if outcome and outcome.get('status') != COMPLETED:
             return outcome
         return None

@@ -3,7 +3,8 @@
 nova's fakelibvirt cannot stream, so the driver and orchestration tests run
 :class:`FakeTunnels` instead of real tunnel processes. The fakes validate
 their parameters with the real parser (secmig_nova/tunnel/params.py), leave
-real UNIX socket files behind on the source (as a killed tunnel would) and,
+real UNIX socket files on the source, removed when they report an outcome
+(as a tunnel does on exit) and left behind when killed, and,
 when a migration "completes", produce per-connection receipts signed with
 the very certificates the parameters name, so receipt verification and the
 broker's ``record_receipt`` run for real.
@@ -140,6 +141,7 @@ class FakeTunnelProcess:
         self.migration_id = self.params['migration_id']
         self.pid = next(_PIDS)
         self.signals = []
+        self.killed = False
         self.ready = None
         self.outcome = None
         self.stderr = ''
@@ -193,6 +195,7 @@ class FakeTunnelProcess:
         else:
             self.outcome = self._outcome(
                 'completed', connections=self.world._complete(self))
+        self._exit()
         return self._rc(), self.outcome
 
     def terminate(self, timeout=30.0):
@@ -203,8 +206,16 @@ class FakeTunnelProcess:
         return self._stop()
 
     def kill(self):
+        """SIGKILL: no outcome, the sockets stay behind."""
         self.signals.append('SIGKILL')
-        return self._stop()
+        self.killed = True
+        return -9, None
+
+    def _exit(self):
+        # A tunnel removes its sockets before it prints its outcome.
+        for path in self.sockets if self.side == 'source' else ():
+            if os.path.exists(path):
+                os.unlink(path)
 
     # -- helpers -------------------------------------------------------------
 
@@ -221,6 +232,7 @@ class FakeTunnelProcess:
                 self.outcome = self._outcome('aborted', 'terminated',
                                              'stopped before any connection '
                                              'completed')
+        self._exit()
         return self._rc(), self.outcome
 
     def _rc(self):
