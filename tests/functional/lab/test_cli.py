@@ -38,7 +38,7 @@ class SecmigMigrateTest(base.LabTestCase):
             [sys.executable, '-m', 'secmig_nova.cmd.manage'] + list(argv),
             capture_output=True, text=True, timeout=120)
 
-    def assertCompleted(self, rc, summary, src, dst):
+    def assertCompleted(self, rc, summary, src, dst, connections=1):
         self.assertEqual((0, 'completed'), (rc, summary['status']),
                          json.dumps(summary))
         self.assertEqual('lab-%s/lab-%s' % (src.name, src.name),
@@ -47,7 +47,7 @@ class SecmigMigrateTest(base.LabTestCase):
                          summary['destination'])
         for side in ('source', 'destination'):
             result = summary['results'][side]
-            self.assertEqual(('completed', 1, True),
+            self.assertEqual(('completed', connections, True),
                              (result['status'],
                               result['verified_connections'],
                               result['recorded']), side)
@@ -110,9 +110,12 @@ class SecmigMigrateTest(base.LabTestCase):
                             receipts=2)
         self.assertNoTunnelLeft()
 
+        # Back with QEMU's multifd: the main channel and two data channels,
+        # each its own TLS connection with its own pair of receipts.
         mark = self.mark(a, 'cli')
-        rc, back = self.migrate(b, a, 'cli')
-        self.assertCompleted(rc, back, b, a)
+        rc, back = self.migrate(b, a, 'cli', parallel_connections=2)
+        self.assertCompleted(rc, back, b, a, connections=3)
+        self.assertEqual({'memory': 3}, back['streams'])
         self.assertRunsOn('cli', a, b)
         self.assertContinued('cli', b, a, mark)
         self.assertNotEqual(there['migration_id'], back['migration_id'])
