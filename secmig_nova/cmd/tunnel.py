@@ -46,7 +46,7 @@ def _read_params(path):
 
 
 def _pin_openssl(raw):
-    """Write the OpenSSL config for this process; returns its path.
+    """Load this process's OpenSSL config; returns its (removed) path.
 
     Must run before anything loads libcrypto (``ssl``, ``hashlib``, and so
     oslo.config): OpenSSL reads ``OPENSSL_CONF`` once, at initialisation.
@@ -61,6 +61,13 @@ def _pin_openssl(raw):
     with os.fdopen(fd, 'w') as f:
         f.write(tls_conf.openssl_conf(cipher, curve))
     os.environ['OPENSSL_CONF'] = path
+    try:
+        # Loading the ssl module initialises OpenSSL, which reads the file
+        # now; it is not needed afterwards, so a killed tunnel leaves
+        # nothing behind in the temporary directory.
+        import ssl  # noqa: F401
+    finally:
+        os.unlink(path)
     return path
 
 
@@ -101,12 +108,9 @@ def main(argv=None):
                'reason': 'config_invalid',
                'message': 'cannot read parameters: %s' % e})
         return EXIT_USAGE
-    conf_path = _pin_openssl(raw) if isinstance(raw, dict) else None
-    try:
-        return _run(raw, args)
-    finally:
-        if conf_path:
-            os.unlink(conf_path)
+    if isinstance(raw, dict):
+        _pin_openssl(raw)
+    return _run(raw, args)
 
 
 def _run(raw, args):
