@@ -31,6 +31,9 @@ from secmig_nova.trust import errors as trust_errors
 from secmig_nova.trust import store as trust_store
 
 ALGORITHM = 'ES256'
+# Size cap of one token (ticket, grant, receipt), checked before anything
+# is decoded. Containers of tokens (the broker's envelopes) have their own,
+# larger caps: see secmig_nova/broker/envelope.py.
 MAX_TOKEN_BYTES = 8192
 MAX_X5C = 4
 
@@ -87,12 +90,12 @@ def token_digest(token):
     return hashlib.sha256(token.encode('ascii')).hexdigest()
 
 
-def _unverified_header(token):
+def _unverified_header(token, max_bytes=MAX_TOKEN_BYTES):
     if not isinstance(token, str):
         raise TokenError(MALFORMED, 'token is not a string')
-    if len(token) > MAX_TOKEN_BYTES:
+    if len(token) > max_bytes:
         raise TokenError(TOO_LARGE, 'token of %d bytes exceeds %d'
-                         % (len(token), MAX_TOKEN_BYTES))
+                         % (len(token), max_bytes))
     try:
         token.encode('ascii')
         header = jwt.get_unverified_header(token)
@@ -103,14 +106,15 @@ def _unverified_header(token):
     return header
 
 
-def unverified_claims(token):
+def unverified_claims(token, max_bytes=MAX_TOKEN_BYTES):
     """The claims of ``token`` without any verification.
 
     Only for choosing what to verify with (e.g. the trust store of the
     cloud named in ``iss``); everything it returns is attacker-controlled
-    until :func:`verify` has succeeded. Size and syntax are checked.
+    until :func:`verify` has succeeded. Size (at most ``max_bytes``) and
+    syntax are checked.
     """
-    _unverified_header(token)
+    _unverified_header(token, max_bytes)
     try:
         claims = jwt.decode(token, options={'verify_signature': False})
     except (jwt.PyJWTError, ValueError, TypeError) as e:
@@ -138,16 +142,18 @@ def _x5c_chain(header):
 
 def verify(token, store, typ, role, now=None, leeway=DEFAULT_LEEWAY,
            audience=None, expected_fingerprint=None,
-           required=('iat', 'exp', 'jti')):
+           required=('iat', 'exp', 'jti'), max_bytes=MAX_TOKEN_BYTES):
     """Verify a token end to end; returns ``(claims, VerifiedPeer)``.
 
     :param store: :class:`~secmig_nova.trust.store.TrustStore` of the cloud
         that must have signed the token.
     :param role: ``broker`` or ``host``: what the signer must be.
+    :param max_bytes: size cap, checked first; only containers of other
+        tokens (envelopes) pass more than :data:`MAX_TOKEN_BYTES`.
     :raises TokenError: with a named reason, or TrustError for the chain.
     """
     now = time.time() if now is None else now
-    header = _unverified_header(token)
+    header = _unverified_header(token, max_bytes)
     alg = header.get('alg')
     if alg != ALGORITHM:
         raise TokenError(BAD_ALGORITHM, 'algorithm %r refused; only %s is '

@@ -13,9 +13,25 @@ broker, and every registration from a compute host, travels as a JWS envelope
 ``exp``      ``iat + max_age``
 ``jti``      a nonce: single use, remembered in the replay store
 
-Refusals carry a named reason: ``unknown_cloud``, ``bad_envelope`` (any
-signature, chain or format problem), ``stale_envelope``, ``replayed``,
-``wrong_method``, ``wrong_audience``.
+Refusals carry a named reason: ``envelope_too_large``, ``unknown_cloud``,
+``bad_envelope`` (any signature, chain or format problem),
+``stale_envelope``, ``replayed``, ``wrong_method``, ``wrong_audience``.
+
+Size caps
+---------
+
+An envelope's size is checked before any of it is decoded: it bounds what
+a sender can make a broker parse before the signature is verified. The
+cap depends on the method, because some requests carry other tokens
+(each at most ``tokens.MAX_TOKEN_BYTES``) in their payload, and a token
+inside the claims grows by a third when they are base64url encoded. Every
+envelope gets ``ENVELOPE_BASE_BYTES``: its own header (the signer's chain in
+``x5c``, allowed as much as a whole token) and the other claims; each token
+it may carry adds ``EMBEDDED_TOKEN_BYTES``. So 10 KiB for most methods,
+21 KiB for the ones carrying a ticket or a Keystone token, and 32 KiB for
+``record_receipt``: a source and a destination receipt, each with its
+host's chain (7.8 KB with the test PKI's one-certificate chains, about 19
+KB with an RSA intermediate CA in both).
 """
 
 import time
@@ -28,12 +44,32 @@ from secmig_nova.trust import errors as trust_errors
 TYP_ENVELOPE = 'secmig-envelope+jwt'
 DEFAULT_MAX_AGE = 60
 
+TOO_LARGE = 'envelope_too_large'
 UNKNOWN_CLOUD = 'unknown_cloud'
 BAD_ENVELOPE = 'bad_envelope'
 STALE_ENVELOPE = 'stale_envelope'
 REPLAYED = 'replayed'
 WRONG_METHOD = 'wrong_method'
 WRONG_AUDIENCE = 'wrong_audience'
+
+
+ENVELOPE_BASE_BYTES = 10 * 1024
+EMBEDDED_TOKEN_BYTES = 11 * 1024  # > 4/3 * tokens.MAX_TOKEN_BYTES
+# Tokens a request may carry in its payload: a Keystone token, the
+# ticket, or one connection's two receipts (hosts send one connection per
+# record_receipt request).
+EMBEDDED_TOKENS = {
+    'authorize_migration': 1,
+    'request_grant': 1,
+    'forward_grant': 1,
+    'record_receipt': 2,
+}
+
+
+def max_bytes(method):
+    """Size cap of an envelope for ``method`` (see the module docstring)."""
+    return ENVELOPE_BASE_BYTES + \
+        EMBEDDED_TOKENS.get(method, 0) * EMBEDDED_TOKEN_BYTES
 
 
 class EnvelopeError(Exception):
@@ -63,9 +99,9 @@ def seal(credentials, audience, method, payload, max_age=DEFAULT_MAX_AGE,
     return tokens.sign(claims, credentials, TYP_ENVELOPE)
 
 
-def _unverified_issuer(token):
+def _unverified_issuer(token, limit):
     try:
-        claims = tokens.unverified_claims(token)
+        claims = tokens.unverified_claims(token, max_bytes=limit)
     except tokens.TokenError as e:
         raise EnvelopeError(BAD_ENVELOPE, str(e))
     iss = claims.get('iss')
@@ -84,9 +120,13 @@ def open_envelope(token, trust_stores, audience, method, replay_store,
     :param role: ``broker`` or ``host``: what the signer must be.
     """
     now = time.time() if now is None else now
-    if not isinstance(token, str) or len(token) > tokens.MAX_TOKEN_BYTES:
-        raise EnvelopeError(BAD_ENVELOPE, 'envelope missing or too large')
-    issuer = _unverified_issuer(token)
+    if not isinstance(token, str) or not token:
+        raise EnvelopeError(BAD_ENVELOPE, 'envelope missing')
+    limit = max_bytes(method)
+    if len(token) > limit:
+        raise EnvelopeError(TOO_LARGE, 'envelope of %d bytes for %s exceeds '
+                            'its cap of %d' % (len(token), method, limit))
+    issuer = _unverified_issuer(token, limit)
     store = trust_stores.get(issuer)
     if store is None:
         raise EnvelopeError(UNKNOWN_CLOUD, 'envelope from unknown cloud %r'
@@ -94,7 +134,8 @@ def open_envelope(token, trust_stores, audience, method, replay_store,
     try:
         claims, peer = tokens.verify(
             token, store, TYP_ENVELOPE, role, now=now, leeway=0,
-            required=('iat', 'exp', 'jti', 'aud', 'method', 'payload'))
+            required=('iat', 'exp', 'jti', 'aud', 'method', 'payload'),
+            max_bytes=limit)
     except tokens.TokenError as e:
         if e.reason == tokens.EXPIRED:
             raise EnvelopeError(STALE_ENVELOPE, str(e))

@@ -101,6 +101,13 @@ class HostClient:
     def _send(self, method, payload):
         token = envelope.seal(self.credentials, self.cloud_id, method,
                               payload, max_age=self.max_age)
+        limit = envelope.max_bytes(method)
+        if len(token) > limit:
+            # The broker would refuse it unread: say so here, unsent.
+            raise BrokerRefused(envelope.TOO_LARGE,
+                                '%s request of %d bytes exceeds the '
+                                'envelope cap of %d; not sent'
+                                % (method, len(token), limit))
         try:
             answer = getattr(self.api, method)(token)
         except messaging.MessagingTimeout as e:
@@ -138,6 +145,11 @@ class HostClient:
 
     def record_receipt(self, migration_id, status, connections=(),
                        reason=None):
+        """Report a migration's end, with receipts of ``connections``.
+
+        Send one connection per request: an envelope has room for one
+        source and one destination receipt (see envelope.max_bytes).
+        """
         return self._send('record_receipt', {
             'migration_id': migration_id, 'status': status,
             'reason': reason,

@@ -46,6 +46,11 @@ def imported_modules(tree):
                 yield '%s.%s' % (node.module, alias.name)
 
 
+# Groups whose consumers load a module and call one of its functions
+# (nova: ``ext.plugin.register()``), with the function they call.
+MODULE_ENTRY_POINTS = {'nova.api.extra_spec_validators': 'register'}
+
+
 def is_nova(name):
     return name == 'nova' or name.startswith('nova.')
 
@@ -134,9 +139,11 @@ class LayoutTest(testtools.TestCase):
         for group, points in sorted(entry_points().items()):
             for name, target in sorted(points.items()):
                 module_name, _sep, attr = target.partition(':')
+                if not attr and group in MODULE_ENTRY_POINTS:
+                    attr = MODULE_ENTRY_POINTS[group]
                 try:
                     obj = importlib.import_module(module_name)
-                    for part in attr.split('.'):
+                    for part in attr.split('.') if attr else ():
                         obj = getattr(obj, part)
                 except (ImportError, AttributeError) as e:
                     missing.append('%s %s = %s: %s'
@@ -146,3 +153,9 @@ class LayoutTest(testtools.TestCase):
                     missing.append('%s %s = %s: not callable'
                                    % (group, name, target))
         self.assertEqual([], missing)
+
+    def test_extra_spec_validators_name_a_module(self):
+        # nova calls register() on the loaded entry point itself.
+        self.assertEqual(
+            {'secmig': 'secmig_nova.virt.extra_specs'},
+            entry_points().get('nova.api.extra_spec_validators'))

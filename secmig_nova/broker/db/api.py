@@ -6,6 +6,7 @@ one database: the replay store relies on the primary key for atomicity, and
 state transitions are checked inside one transaction.
 """
 
+import sqlite3
 import time
 
 from oslo_db import exception as db_exc
@@ -45,7 +46,9 @@ class Database:
         self._tc.configure(connection=connection, sqlite_fk=True,
                            max_retries=0)
         if connection.startswith('sqlite'):
-            _serialize_sqlite(self._tc.writer.get_engine())
+            engine = self._tc.writer.get_engine()
+            _serialize_sqlite(engine)
+            _use_wal(engine)
 
     def writer(self):
         return self._tc.writer.using(_Context())
@@ -185,12 +188,14 @@ def _serialize_sqlite(engine):
     once (its busy handler is not used, to avoid a deadlock). Taking the
     write lock at BEGIN (IMMEDIATE) serializes transactions, and the busy
     timeout makes them queue: several broker workers share one file.
+
+    Only per-connection settings belong in the connect listener: the
+    journal mode is a property of the file, set once by _use_wal().
     """
     @sa.event.listens_for(engine, 'connect')
     def _connect(dbapi_connection, _record):
         cursor = dbapi_connection.cursor()
         cursor.execute('PRAGMA busy_timeout = %d' % SQLITE_BUSY_TIMEOUT_MS)
-        cursor.execute('PRAGMA journal_mode = WAL')
         cursor.close()
 
     # oslo.db emits a plain (deferred) BEGIN for sqlite; replace it with
@@ -205,6 +210,57 @@ def _serialize_sqlite(engine):
         if 'in_transaction' not in connection.info:
             connection.exec_driver_sql('BEGIN IMMEDIATE')
             connection.info['in_transaction'] = True
+
+
+def _use_wal(engine, clock=time.monotonic, sleep=time.sleep):
+    """Switch the sqlite file to write-ahead logging, once per Database.
+
+    WAL lets readers run beside the one writer. The mode is stored in the
+    file, so connections opened later use it without asking again. Asking
+    on every new connection (NullPool: every transaction) raced with the
+    writers: switching reads the file header, then takes the write lock,
+    and that upgrade is refused at once, busy timeout or not, while another
+    connection holds the write lock. Here the refusal is retried until the
+    busy timeout.
+
+    The pragma cannot run inside a transaction, so it goes through a raw
+    DBAPI connection: through engine.connect() the begin listener above
+    would wrap it in BEGIN IMMEDIATE. A failure is logged and not raised:
+    the rollback journal is slower but just as correct, and an unreachable
+    database fails closed at its first use.
+    """
+    deadline = clock() + SQLITE_BUSY_TIMEOUT_MS / 1000.0
+    delay = 0.01
+    while True:
+        try:
+            raw = engine.raw_connection()
+            try:
+                cursor = raw.cursor()
+                cursor.execute('PRAGMA journal_mode = WAL')
+                mode = cursor.fetchone()[0]
+                cursor.close()
+            finally:
+                raw.close()
+        except Exception as e:
+            if _busy(e) and clock() + delay < deadline:
+                sleep(delay)
+                delay = min(delay * 2, 0.5)
+                continue
+            LOG.warning('Could not switch %s to WAL journal mode, keeping '
+                        'its current mode: %s', engine.url, e)
+            return None
+        if mode != 'wal':
+            LOG.debug('%s keeps journal mode %s', engine.url, mode)
+        return mode
+
+
+def _busy(error):
+    """Whether a DBAPI error is sqlite's "database is locked"."""
+    error = getattr(error, 'orig', None) or error
+    code = getattr(error, 'sqlite_errorcode', None)
+    if code is not None:
+        return code & 0xff in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return 'locked' in str(error)
 
 
 def _as_dict(record):

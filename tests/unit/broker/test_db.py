@@ -1,11 +1,14 @@
 """The broker database: schema migrations, state machine, replay store."""
 
 import shutil
+import sqlite3
 import tempfile
+import threading
 import time
 
 from alembic.autogenerate import compare_metadata
 from alembic import migration as alembic_migration
+from oslo_db import exception as db_exc
 import sqlalchemy as sa
 import testtools
 
@@ -38,6 +41,99 @@ class TestMigrations(DbTestCase):
                 alembic_migration.MigrationContext.configure(conn),
                 models.Base.metadata)
         self.assertEqual([], diff)
+
+
+class TestJournalMode(DbTestCase):
+    """WAL is set once per Database, and a held write lock is waited for."""
+
+    def setUp(self):
+        super().setUp()
+        migration.sync(self.url)  # a new file, in rollback-journal mode
+        self.path = self.url[len('sqlite:///'):]
+
+    def _hold_write_lock(self):
+        holder = sqlite3.connect(self.path, isolation_level=None,
+                                 check_same_thread=False)
+        self.addCleanup(holder.close)
+        holder.execute('BEGIN IMMEDIATE')
+        return holder
+
+    def _journal_mode(self):
+        conn = sqlite3.connect(self.path)
+        try:
+            return conn.execute('PRAGMA journal_mode').fetchone()[0]
+        finally:
+            conn.close()
+
+    def test_wal_is_set_when_the_database_is_created(self):
+        self.assertEqual('delete', self._journal_mode())
+        db = api.Database(self.url)
+        self.addCleanup(db.dispose)
+        self.assertEqual('wal', self._journal_mode())
+
+    def test_journal_switch_waits_for_a_writer(self):
+        # Another worker is writing while this one starts. SQLite refuses
+        # the switch's lock upgrade at once instead of queueing it; it
+        # used to run in every new connection and fail its transaction
+        # with "database is locked".
+        holder = self._hold_write_lock()
+        timer = threading.Timer(0.3, holder.execute, ('COMMIT',))
+        timer.start()
+        self.addCleanup(timer.cancel)
+        db = api.Database(self.url)
+        self.addCleanup(db.dispose)
+        store = api.DatabaseReplayStore(db)
+        self.assertTrue(store.check_and_remember('k', time.time() + 60))
+        self.assertEqual('wal', self._journal_mode())
+
+    def test_workers_starting_together(self):
+        # Broker workers start at once on a new file: each switches it to
+        # WAL while others are already writing. No refusal, and each key
+        # is accepted once.
+        barrier = threading.Barrier(8)
+        results, errors, databases = [], [], []
+
+        def worker(n):
+            try:
+                barrier.wait()
+                db = api.Database(self.url)
+                databases.append(db)
+                results.append(api.DatabaseReplayStore(db).check_and_remember(
+                    'key-%d' % (n % 4), time.time() + 60))
+            except Exception as e:  # noqa: collected and asserted
+                errors.append(e)
+        threads = [threading.Thread(target=worker, args=(n,))
+                   for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for db in databases:
+            db.dispose()
+        self.assertEqual([], errors)
+        self.assertEqual([True] * 4 + [False] * 4, sorted(results,
+                                                          reverse=True))
+        self.assertEqual('wal', self._journal_mode())
+
+    def test_journal_switch_gives_up_after_the_busy_timeout(self):
+        self._hold_write_lock()
+        now = [0.0]
+        slept = []
+
+        def sleep(seconds):
+            slept.append(seconds)
+            now[0] += seconds
+        engine = sa.create_engine(self.url)
+        self.addCleanup(engine.dispose)
+        self.assertIsNone(api._use_wal(engine, clock=lambda: now[0],
+                                       sleep=sleep))
+        self.assertLessEqual(sum(slept), api.SQLITE_BUSY_TIMEOUT_MS / 1000)
+        self.assertGreater(sum(slept), api.SQLITE_BUSY_TIMEOUT_MS / 2000)
+        self.assertEqual('delete', self._journal_mode())
+
+    def test_unreachable_database_is_created_and_fails_at_use(self):
+        db = api.Database('sqlite:////nonexistent/dir/x.sqlite')
+        self.assertRaises(db_exc.DBError, db.list_migrations)
 
 
 class TestDatabase(DbTestCase):
@@ -80,7 +176,6 @@ class TestDatabase(DbTestCase):
         # Two "workers" (two Database objects on one file), several
         # threads each: no 'database is locked' refusal, and each key is
         # accepted exactly once.
-        import threading
         stores = [api.DatabaseReplayStore(self.db),
                   api.DatabaseReplayStore(api.Database(self.url))]
         results, errors = [], []
