@@ -575,9 +575,10 @@ class _Side:
     def _record(self, status, connections=(), reason=None):
         """Report the end to the broker, one connection per request.
 
-        Two receipts with their certificate chains are about 5 KB, and a
-        signed envelope must stay below tokens.MAX_TOKEN_BYTES: several
-        connections' receipts in one request would be refused. The first
+        A connection's two receipts carry their signers' chains: about
+        8 KB of envelope with one-certificate chains, up to about 20 KB
+        with an intermediate CA; ``envelope.max_bytes('record_receipt')``
+        (32 KiB) holds one connection's pair, not several. The first
         request sets the migration's final state; the others add receipts.
         """
         recorded = True
