@@ -871,7 +871,7 @@ class Lab:
                         self._tunnels.remove(tunnel)
             for host in (src, dst):
                 path = host.outside(sock)
-                if os.path.lexists(path) and not _listening(path):
+                if os.path.lexists(path) and not migration.accepting(path):
                     os.unlink(path)
                     result.stale_sockets.append('%s:%s' % (host.name, sock))
         return result
@@ -958,19 +958,6 @@ def _call_logged(func, result):
         func(result)
     except Exception as e:  # noqa: the caller checks result.during_error
         result.during_error = e
-
-
-def _listening(path):
-    """Whether something accepts connections on the UNIX socket path."""
-    import socket
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
 
 
 class Capture:
