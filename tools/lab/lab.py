@@ -1118,11 +1118,16 @@ def _demo_move(the_lab, src, dst, name, progress):
     if dst.domain(name) is None or src.domain(name) is not None:
         raise LabError('%s is not running on %s alone' % (name, dst.name))
     before = the_lab.heartbeats(src, name)[-1]
-    first = the_lab.wait_heartbeat(dst, name, since=mark)
+    the_lab.wait_heartbeat(dst, name, since=mark)
+    first = the_lab.heartbeats(dst, name, since=mark)[0]
     newer = the_lab.wait_heartbeat(dst, name, above=first, since=mark)
-    _say('guest %s: last heartbeat on %s #%d, then on %s #%d, #%d: the '
-         'same guest, running on (no reboot)' % (name, src.hostname, before,
-                                                 dst.hostname, first, newer))
+    if BOOTED in the_lab.serial(dst, name)[mark:] or first > before + 2:
+        raise LabError('%s did not continue on %s: last heartbeat #%d on '
+                       '%s, first #%d' % (name, dst.name, before, src.name,
+                                          first))
+    _say('guest %s: last heartbeat on %s #%d, first on %s #%d, now #%d '
+         '(no reboot)' % (name, src.hostname, before, dst.hostname, first,
+                          newer))
     return os.path.join(the_lab.root, 'migrate', 'receipts',
                         '%s.json' % migration_id)
 
