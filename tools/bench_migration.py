@@ -27,7 +27,7 @@ byte count. Every
 migration is checked: the guest's heartbeat continues on the destination.
 
     sudo .venv/bin/python tools/bench_migration.py [--rounds 5]
-        [--modes normal,hard] [--json results.json]
+        [--modes normal,hard] [--parallel N] [--json results.json]
 
 Needs root and the lab (tools/lab/README.md). Targets (issue 6):
 secure/plain <= 1.10 in time and downtime, secure/tls <= 1.00.
@@ -55,10 +55,11 @@ HOG_RE = re.compile(rb'SECMIG-HOG-PASS (\d+)')
 MIB = 1 << 20
 
 
-def migrate(the_lab, kind, src, dst, name):
+def migrate(the_lab, kind, src, dst, name, parallel=0):
     if kind == 'secure':
-        return the_lab.migrate_secure(src, dst, name)
-    return the_lab.migrate_plain(src, dst, name, tls=(kind == 'tls'))
+        return the_lab.migrate_secure(src, dst, name, parallel=parallel)
+    return the_lab.migrate_plain(src, dst, name, tls=(kind == 'tls'),
+                                 parallel=parallel)
 
 
 def sample(result):
@@ -98,7 +99,7 @@ def dirty_rate(the_lab, host, name, hog_mib, seconds=4.0):
     return round(passes * hog_mib / (time.monotonic() - t0), 1)
 
 
-def run_mode(the_lab, mode, rounds, kinds, out):
+def run_mode(the_lab, mode, rounds, kinds, out, parallel=0):
     a, b = the_lab.host('a'), the_lab.host('b')
     name = 'bench-%s' % mode
     hog = MODES[mode]
@@ -117,7 +118,7 @@ def run_mode(the_lab, mode, rounds, kinds, out):
     for rnd, kind in plan:
         before = the_lab.heartbeats(where, name)[-1]
         mark = len(the_lab.serial(other, name))
-        result = migrate(the_lab, kind, where, other, name)
+        result = migrate(the_lab, kind, where, other, name, parallel)
         row = sample(result)
         # The guest lives on: a heartbeat after the last one on the source.
         row['heartbeat'] = [before, the_lab.wait_heartbeat(
@@ -190,6 +191,10 @@ def main(argv=None):
     parser.add_argument('--modes', default='normal,hard')
     parser.add_argument('--kinds', default=','.join(KINDS))
     parser.add_argument('--json', help='write all samples and medians here')
+    parser.add_argument('--parallel', type=int, default=0,
+                        help='QEMU multifd channels for every kind (0: one '
+                             'connection); secmig: one tunnel connection '
+                             'per channel')
     parser.add_argument('--keep', action='store_true',
                         help='use .lab/ and leave the hosts running')
     args = parser.parse_args(argv)
@@ -202,7 +207,8 @@ def main(argv=None):
         if k not in KINDS:
             parser.error('unknown kind %s' % k)
     the_lab = lab_mod.Lab() if args.keep else lab_mod.Lab.temporary()
-    summary = {'rounds': args.rounds, 'modes': {},
+    summary = {'rounds': args.rounds, 'parallel': args.parallel,
+               'modes': {},
                'loadavg_before': os.getloadavg(), 'cpus': os.cpu_count()}
     texts = []
     try:
@@ -211,7 +217,7 @@ def main(argv=None):
               flush=True)
         for mode in modes:
             rows, rate = run_mode(the_lab, mode, args.rounds, kinds,
-                                  sys.stdout)
+                                  sys.stdout, args.parallel)
             text, med, ratios = report(mode, rows, rate, kinds, args.rounds)
             texts.append(text)
             summary['modes'][mode] = {'samples': rows, 'medians': med,
@@ -221,6 +227,9 @@ def main(argv=None):
         if not args.keep:
             the_lab.teardown()
     summary['loadavg_after'] = os.getloadavg()
+    if args.parallel > 1:
+        print('\nmultifd: %d data channels per migration, every kind'
+              % args.parallel)
     print('\n'.join(texts))
     print('\nload average before %s, after %s, %d CPUs' % (
         ' '.join('%.2f' % x for x in summary['loadavg_before']),

@@ -669,9 +669,12 @@ class Lab:
 
     # -- migrations --------------------------------------------------------
 
-    def _flags(self):
+    def _flags(self, parallel=0):
         libvirt = _libvirt()
-        return libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER
+        flags = libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER
+        if parallel and parallel > 1:
+            flags |= libvirt.VIR_MIGRATE_PARALLEL
+        return flags
 
     def _job_stats(self, host, name):
         libvirt = _libvirt()
@@ -709,7 +712,8 @@ class Lab:
                 helper.join(timeout)
         result.job = self._job_stats(dst, result.guest)
 
-    def migrate_plain(self, src, dst, name, timeout=300, tls=False):
+    def migrate_plain(self, src, dst, name, timeout=300, tls=False,
+                      parallel=0):
         """Plain libvirt p2p live migration over loopback TCP (baseline).
 
         ``tls=True``: QEMU's native TLS (VIR_MIGRATE_TLS) with the lab's
@@ -724,7 +728,9 @@ class Lab:
             raise LabError('guest %s is not on %s' % (name, src.name))
         params = {libvirt.VIR_MIGRATE_PARAM_URI: uri,
                   libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS: '127.0.0.1'}
-        flags = self._flags()
+        flags = self._flags(parallel)
+        if parallel and parallel > 1:
+            params[libvirt.VIR_MIGRATE_PARAM_PARALLEL_CONNECTIONS] = parallel
         if tls:
             for host in (src, dst):
                 self.pki.qemu_tls(host.outside(QEMU_TLS_DIR), host.hostname)
@@ -732,9 +738,10 @@ class Lab:
         self._migrate(dom, dst, params, flags, result, timeout)
         return result
 
-    def migrate_tls(self, src, dst, name, timeout=300):
+    def migrate_tls(self, src, dst, name, timeout=300, parallel=0):
         """QEMU native TLS migration (VIR_MIGRATE_TLS); see migrate_plain."""
-        return self.migrate_plain(src, dst, name, timeout=timeout, tls=True)
+        return self.migrate_plain(src, dst, name, timeout=timeout, tls=True,
+                                  parallel=parallel)
 
     def tunnel(self, host, params, env=None):
         """Start a secmig-tunnel process inside host's namespaces."""
@@ -757,7 +764,7 @@ class Lab:
                        timeout=300, tunnel_timeout=60, check=True,
                        destination_params=None, source_params=None,
                        on_destination_ready=None, grant=None, during=None,
-                       bandwidth_mib=None):
+                       bandwidth_mib=None, parallel=0):
         """Live-migrate through a source and a destination secmig-tunnel.
 
         The destination tunnel runs in dst's namespaces and connects to
@@ -785,6 +792,9 @@ class Lab:
             migrates (``result.procs`` has both TunnelProcess objects).
         :param bandwidth_mib: QEMU's migration bandwidth cap in MiB/s
             (VIR_MIGRATE_PARAM_BANDWIDTH; default: libvirt's, unlimited).
+        :param parallel: QEMU multifd channels (VIR_MIGRATE_PARALLEL): the
+            main channel and ``parallel`` data channels, each its own
+            tunnel connection.
 
         Socket files a dead tunnel left in ``/run/secmig`` are removed
         afterwards, as the compute driver's cleanup would, and listed in
@@ -800,7 +810,7 @@ class Lab:
         dom = src.domain(name)
         if dom is None:
             raise LabError('guest %s is not on %s' % (name, src.name))
-        streams = migration.stream_counts()
+        streams = migration.stream_counts(parallel=parallel)
         t0 = time.monotonic()
         dst_tunnel = self.tunnel(dst, self.tunnel_params(
             'destination', dst, src, migration_id, {'memory': sock},
@@ -829,9 +839,10 @@ class Lab:
             result.ready['source'] = src_tunnel.wait_ready()
             result.tunnel_ns['source'] = _mnt_ns(src_tunnel.pid)
             result.setup_seconds = time.monotonic() - t0
-            params = migration.libvirt_params(uri, bandwidth=bandwidth_mib)
+            params = migration.libvirt_params(uri, bandwidth=bandwidth_mib,
+                                              parallel=parallel)
             try:
-                self._migrate(dom, dst, params, self._flags(), result,
+                self._migrate(dom, dst, params, self._flags(parallel), result,
                               timeout, during)
                 migrated = True
             except libvirt.libvirtError as e:
