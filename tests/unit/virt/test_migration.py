@@ -79,6 +79,19 @@ class MigrationTestCase(testtools.TestCase):
             'grant': self.grant(streams, **kwargs),
             'dst_endpoint': '127.0.0.1:49400'}
 
+    def complete_same_cloud(self):
+        """host-a1 -> host-a2, completed on both sides; (incoming, result)."""
+        incoming = self.dst.prepare_destination(self.mid, INSTANCE,
+                                                {'memory': 1})
+        self.answer()
+        outgoing = self.src.start_source(self.mid, INSTANCE, 'host-a2',
+                                         {'memory': 1}, user_id='u',
+                                         project_id='p')
+        self.assertTrue(outgoing.finish(True).ok)
+        result = incoming.finish(True)
+        self.assertTrue(result.ok, result)
+        return incoming, result
+
     def assertError(self, reason, func, *args, **kwargs):
         e = self.assertRaises(migration.SecureMigrationError, func, *args,
                               **kwargs)
@@ -267,15 +280,7 @@ class TestDestination(MigrationTestCase):
                          self.mid, INSTANCE, {'cpu': 1})
 
     def test_finish_after_source_completed(self):
-        incoming = self.dst.prepare_destination(self.mid, INSTANCE,
-                                                {'memory': 1})
-        self.answer()
-        outgoing = self.src.start_source(self.mid, INSTANCE, 'host-a2',
-                                         {'memory': 1}, user_id='u',
-                                         project_id='p')
-        self.assertTrue(outgoing.finish(True).ok)
-        result = incoming.finish(True)
-        self.assertTrue(result.ok, result)
+        incoming, result = self.complete_same_cloud()
         self.assertEqual(['SIGTERM'],
                          self.tunnels.of('destination')[0].signals)
         call = self.dst.host_client.record_receipt.call_args

@@ -166,15 +166,7 @@ class TestIncomingMigration(test_migration.MigrationTestCase):
                          self.cleaner.call_args_list)
 
     def test_verified_migration_leaves_them(self):
-        incoming = self.dst.prepare_destination(self.mid, INSTANCE,
-                                                {'memory': 1})
-        self.answer()
-        outgoing = self.src.start_source(self.mid, INSTANCE, 'host-a2',
-                                         {'memory': 1}, user_id='u',
-                                         project_id='p')
-        self.assertTrue(outgoing.finish(True).ok)
-        result = incoming.finish(True)
-        self.assertTrue(result.ok, result)
+        _incoming, result = self.complete_same_cloud()
         self.assertEqual(1, len(result.connections))
         self.cleaner.assert_not_called()
 
