@@ -18,6 +18,8 @@ the command line, as a compute host's broker trusts nova-api's.
 """
 
 import json
+import os
+import stat
 
 from secmig_nova.authz import keystone
 
@@ -67,8 +69,20 @@ class RoleFile:
 
     @classmethod
     def load(cls, path):
+        """Read and check ``path``; it must not be writable by others.
+
+        The file decides who may migrate what, as Keystone's role
+        assignments do: a file that group or other users can change is
+        refused, like an SSH key (chmod go-w it).
+        """
         try:
             with open(path) as f:
+                mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+                if mode & 0o022:
+                    raise RoleFileError(
+                        'role file %s has mode %04o: it must not be '
+                        'writable by group or others (chmod go-w)'
+                        % (path, mode))
                 data = json.load(f)
         except (OSError, ValueError) as e:
             raise RoleFileError('cannot read role file %s: %s' % (path, e))

@@ -47,8 +47,8 @@ migrate_opts = [
 JSON role assignments used by the embedded broker instead of Keystone:
 ``{"users": {"<user>": {"projects": {"<project>": ["<role>", ...]}}}}``.
 Same-cloud migrations need ``migration_operator`` (or ``admin``); across
-clouds also ``cross_cloud_operator``. Unreadable or malformed:
-every migration is refused.
+clouds also ``cross_cloud_operator``. Unreadable, malformed, or
+writable by group or others: every migration is refused.
 """),
     cfg.StrOpt('user_id',
                default='operator',

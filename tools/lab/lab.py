@@ -317,6 +317,7 @@ class LabPki:
         os.makedirs(self.root, exist_ok=True)
         with open(path + '.tmp', 'w') as f:
             json.dump(doc, f, indent=1)
+        os.chmod(path + '.tmp', 0o600)
         os.replace(path + '.tmp', path)
         return path
 

@@ -36,6 +36,7 @@ class RoleFileTestCase(testtools.TestCase):
         with open(path, 'w') as f:
             f.write(content if isinstance(content, str)
                     else json.dumps(content))
+        os.chmod(path, 0o644)
         return path
 
     def assertInvalid(self, assignments, *fragments):
@@ -115,6 +116,20 @@ class TestLoad(RoleFileTestCase):
         e = self.assertRaises(keystone.KeystoneError, roles.validate_token,
                               'a-token')
         self.assertIn(path, str(e))
+
+    def test_writable_by_others_refused(self):
+        # Whoever can edit the file could grant themselves any role.
+        path = self.write(ASSIGNMENTS)
+        for mode in (0o664, 0o646):
+            os.chmod(path, mode)
+            e = self.assertRaises(rolefile.RoleFileError,
+                                  rolefile.RoleFile.load, path)
+            self.assertIn('must not be writable by group or others',
+                          str(e))
+            self.assertIn('%04o' % mode, str(e))
+        os.chmod(path, 0o600)
+        self.assertEqual(sorted(OPS), rolefile.RoleFile.load(
+            path).effective_roles('op', keystone.Scope.project('p1')))
 
     def test_missing_file(self):
         path = os.path.join(self.dir, 'absent.json')

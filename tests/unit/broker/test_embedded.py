@@ -58,6 +58,7 @@ class EmbeddedTestCase(testtools.TestCase):
         path = os.path.join(self.dir, 'roles.json')
         with open(path, 'w') as f:
             json.dump(ROLES, f)
+        os.chmod(path, 0o600)
         self.roles = rolefile.RoleFile.load(path)
 
     def clouds(self, a=('cloud-a', 'broker-a'), b=('cloud-b', 'broker-b')):
@@ -291,6 +292,7 @@ class TestRoleFileErrors(testtools.TestCase):
         path = os.path.join(d, 'roles.json')
         with open(path, 'w') as f:
             json.dump({'users': {'op': {'projects': {'p1': 'admin'}}}}, f)
+        os.chmod(path, 0o600)
         e = self.assertRaises(rolefile.RoleFileError, rolefile.RoleFile.load,
                               path)
         self.assertEqual(rolefile.ROLE_FILE_INVALID, e.reason)

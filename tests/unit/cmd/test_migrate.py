@@ -71,6 +71,7 @@ class ConfTestCase(testtools.TestCase):
         self.role_file = os.path.join(self.dir, 'roles.json')
         with open(self.role_file, 'w') as f:
             json.dump({'users': {'op': {'projects': {'p1': OPS}}}}, f)
+        os.chmod(self.role_file, 0o600)
         self.conf = cfg.ConfigOpts()
         # The embedded brokers' transport reads options oslo.messaging
         # registers on the global configuration only.
