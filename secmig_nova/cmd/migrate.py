@@ -11,14 +11,15 @@ tunnel's UNIX socket, and both sides' signed receipts are verified before
 it reports success. Brokers are embedded (in-process ``fake://`` bus, roles
 from a local file) unless ``[secmig_migrate] broker = remote``.
 
-Exit status: 0 migrated and verified; 1 refused or failed (the domain is
-still on the source); 2 bad configuration; 3 libvirt moved the domain but
-the receipts did not verify.
+Exit status: 0 migrated and verified; 1 refused, failed or interrupted
+(SIGINT, SIGTERM; the domain is still on the source); 2 bad configuration;
+3 libvirt moved the domain but the receipts did not verify.
 """
 
 import functools
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -34,6 +35,19 @@ MIB = 1024.0 * 1024.0
 
 _CLEANER = ('import json, sys; from secmig_nova.virt import migration; '
             'print(json.dumps(migration.remove_stale_sockets(sys.argv[1:])))')
+
+
+# Seconds to wait for libvirt to abort the job after an interrupt.
+ABORT_WAIT = 60
+INTERRUPTED = 'interrupted by the operator (SIGINT or SIGTERM)'
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived; the migration is being stopped."""
+
+
+def _interrupt(signum, _frame):
+    raise Interrupted('signal %d' % signum)
 
 
 class CommandError(Exception):
@@ -240,37 +254,66 @@ class Migrate:
         return flags
 
     def _libvirt_migrate(self, dom, params, flags):
-        """migrateToURI3 in a thread, the bar from jobStats meanwhile."""
+        """migrateToURI3 in a thread, the bar from jobStats in another.
+
+        libvirt calls run only in threads that block SIGINT and SIGTERM:
+        a signal landing in a thread waiting on the libvirt connection
+        breaks that connection, libvirtd then cancels the migration and
+        migrateToURI3 may still return success. The main thread only
+        waits, takes the signal and aborts the job.
+        """
         import libvirt
         box = {}
+        done = threading.Event()
+
+        def no_signals():
+            signal.pthread_sigmask(signal.SIG_BLOCK,
+                                   {signal.SIGINT, signal.SIGTERM})
 
         def run():
+            no_signals()
             try:
                 dom.migrateToURI3(self.dst.libvirt_uri, params, flags)
             except libvirt.libvirtError as e:
                 box['error'] = e
+            finally:
+                done.set()
 
-        worker = threading.Thread(target=run, daemon=True)
-        started = time.monotonic()
-        worker.start()
-        deadline = started + self.opts.timeout
-        aborted = False
-        while worker.is_alive():
-            worker.join(0.25)
-            if not worker.is_alive():
-                break
-            if time.monotonic() > deadline and not aborted:
-                self.progress.step('timeout after %d s: aborting the job'
-                                   % self.opts.timeout)
+        def watch():
+            no_signals()
+            while not done.wait(0.25):
                 try:
-                    dom.abortJob()
+                    self.progress.job(dom.jobStats())
                 except libvirt.libvirtError:
                     pass
-                aborted = True
+
+        def abort(why):
+            self.progress.step('%s: aborting the libvirt job' % why)
             try:
-                self.progress.job(dom.jobStats())
+                dom.abortJob()
             except libvirt.libvirtError:
-                pass
+                pass    # it may have just ended
+
+        worker = threading.Thread(target=run, daemon=True)
+        watcher = threading.Thread(target=watch, daemon=True)
+        started = time.monotonic()
+        worker.start()
+        watcher.start()
+        deadline = started + self.opts.timeout
+        try:
+            while not done.wait(0.25):
+                if time.monotonic() > deadline:
+                    abort('timeout after %d s' % self.opts.timeout)
+                    deadline = float('inf')
+        except Interrupted:
+            # Ctrl-C or SIGTERM: the job is aborted and waited for, so the
+            # domain stays on the source, unless libvirt finished first.
+            abort('interrupted')
+            done.wait(ABORT_WAIT)
+            if not done.is_set() or 'error' in box:
+                raise
+        finally:
+            watcher.join(5)
         return time.monotonic() - started, box.get('error')
 
     # -- run -------------------------------------------------------------
@@ -347,6 +390,9 @@ class Migrate:
         except migration.SecureMigrationError as e:
             incoming.abort(str(e))
             return self._refused(summary, 'source', e, dom, t0)
+        except Interrupted:
+            incoming.abort(INTERRUPTED)
+            raise
         grant = outgoing.grant
         self.progress.step(
             'ticket for %s/%s, grant %s from %s (destination pinned %s...); '
@@ -361,10 +407,21 @@ class Migrate:
         self.progress.step('libvirt: %s -> %s via %s'
                            % (self.src.libvirt_uri, self.dst.libvirt_uri,
                               outgoing.migrate_uri))
-        seconds, error = self._libvirt_migrate(dom, params,
-                                               self._flags(parallel))
+        try:
+            seconds, error = self._libvirt_migrate(dom, params,
+                                                   self._flags(parallel))
+        except Interrupted:
+            self.progress.close()
+            out = outgoing.finish(False, INTERRUPTED)
+            inc = incoming.finish(False, INTERRUPTED)
+            summary.update(status='interrupted', reason='interrupted',
+                           message=INTERRUPTED,
+                           results=self._results(out, inc))
+            return self._still_on_source(summary, dom, t0)
         self.progress.close()
         summary['libvirt_seconds'] = round(seconds, 3)
+        if error is None:
+            error = self._not_moved(dom, dst_conn, uuid_)
         if error is not None:
             failure = outgoing.tunnel_failure() or {}
             reason = failure.get('reason') or 'libvirt_failed'
@@ -391,6 +448,29 @@ class Migrate:
             summary['message'] = out.message or inc.message or \
                 'source and destination digests differ'
         return summary
+
+    @staticmethod
+    def _not_moved(dom, dst_conn, instance_uuid):
+        """Why libvirt's success is not believed, or None.
+
+        Only a domain running on the destination and no longer on the
+        source counts as migrated, whatever migrateToURI3 returned.
+        """
+        import libvirt
+        try:
+            on_source = bool(dom.isActive())
+        except libvirt.libvirtError:
+            on_source = False
+        try:
+            on_destination = bool(dst_conn.lookupByUUIDString(
+                instance_uuid).isActive())
+        except libvirt.libvirtError:
+            on_destination = False
+        if on_destination and not on_source:
+            return None
+        return 'libvirt reported success, but the domain is %srunning on ' \
+            'the source and %srunning on the destination' % (
+                '' if on_source else 'not ', '' if on_destination else 'not ')
 
     def _refused(self, summary, side, error, dom, t0):
         summary.update(status='refused', side=side, reason=error.reason,
@@ -473,7 +553,7 @@ def render(summary, src, dst):
         summary.get('source'), summary.get('destination'),
         status.upper() if status else '?')
     lines.append(head)
-    if status in ('refused', 'failed', 'unverified'):
+    if status in ('refused', 'failed', 'unverified', 'interrupted'):
         lines.append('  reason         %s: %s' % (summary.get('reason'),
                                                   summary.get('message')))
     if 'domain_running_on_source' in summary:
@@ -582,12 +662,33 @@ def main(argv=None):
     log = logging.getLogger('secmig_nova.cmd.migrate')
     show = conf.progress if conf.progress is not None else sys.stdout.isatty()
     progress = Progress(sys.stdout, show and not conf.json)
+    # Stop cleanly on Ctrl-C and SIGTERM: abort the job, stop the tunnels,
+    # record the end at the brokers; the domain stays on the source.
+    previous = {sig: signal.signal(sig, _interrupt)
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _main(conf, progress, log)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _main(conf, progress, log):
+    from oslo_config import cfg
     try:
         engine = Migrate(conf, progress)
         summary = engine.run(conf.domain, migration_id=conf.migration_id,
                              user_id=conf.user_id_arg,
                              project_id=conf.project_id_arg,
                              token=conf.os_token)
+    except Interrupted:
+        progress.close()
+        print('secmig-migrate: interrupted before libvirt started; nothing '
+              'was migrated', file=sys.stderr)
+        if conf.json:
+            print(json.dumps({'status': 'interrupted',
+                              'message': INTERRUPTED}))
+        return EXIT_FAILED
     except (CommandError, cfg.Error) as e:
         # oslo.config checks a value's type when it is first read.
         if not isinstance(e, CommandError):

@@ -13,6 +13,7 @@ heartbeat rising, and nothing (tunnel process, socket) on either host.
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -172,6 +173,49 @@ class SecmigMigrateTest(base.LabTestCase):
         self.assertEqual('failed', summary['results']['destination']
                          ['status'])
         self.assertStillOnSource('cli-kill', a, b, mark)
+        self.assertNoTunnelLeft()
+
+    def test_interrupted_mid_stream(self):
+        """SIGTERM to the command mid-stream: the guest stays on a.
+
+        The command aborts libvirt's job, waits for it, stops both tunnels
+        and records the end at both brokers.
+        """
+        a, b = self.a, self.b
+        self.boot(a, 'cli-int')
+        mark = self.mark(b, 'cli-int')
+        conf = self.lab.migrate_conf(a, b, bandwidth=16)
+        proc = subprocess.Popen(
+            [sys.executable, '-m', 'secmig_nova.cmd.migrate',
+             '--config-file', conf, '--json', 'cli-int'],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=self.lab.env)
+        self.addCleanup(proc.kill)
+        deadline = time.monotonic() + 60
+        sent = 0
+        while time.monotonic() < deadline and proc.poll() is None:
+            dom = a.domain('cli-int')
+            try:
+                sent = (dom.jobStats() or {}).get('data_processed') or 0
+            except Exception:  # noqa: the job may not have started
+                sent = 0
+            if sent > 8 * MIB:
+                proc.send_signal(signal.SIGTERM)
+                break
+            time.sleep(0.05)
+        self.assertGreater(sent, 8 * MIB, 'the migration never streamed')
+        out, err = proc.communicate(timeout=120)
+        self.attach('secmig-migrate-interrupted-stderr', err[-6000:])
+        summary = json.loads(out.strip().splitlines()[-1])
+        self.attach('secmig-migrate-interrupted', summary)
+        self.assertEqual((1, 'interrupted'),
+                         (proc.returncode, summary['status']))
+        self.assertTrue(summary['domain_running_on_source'])
+        for side in ('source', 'destination'):
+            self.assertIn(summary['results'][side]['status'],
+                          ('aborted', 'failed'), side)
+            self.assertTrue(summary['results'][side]['recorded'], side)
+        self.assertStillOnSource('cli-int', a, b, mark)
         self.assertNoTunnelLeft()
 
     def test_bad_configuration_exits_2(self):

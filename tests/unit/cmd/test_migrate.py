@@ -12,12 +12,15 @@ import json
 import logging as std_logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import types
+from unittest import mock
 import uuid
 
 import fixtures
@@ -693,3 +696,118 @@ class TestConsoleScript(testtools.TestCase):
                                 'vm1')
         self.assertEqual(migrate.EXIT_CONFIG, proc.returncode, proc.stderr)
         self.assertIn('Failed to find some config files', proc.stderr)
+
+
+class _FakeDomain:
+    """migrateToURI3 blocks until abortJob, as a running job does.
+
+    ``finish_first``: the job completes when the abort arrives (libvirt
+    finished just before it).
+    """
+
+    def __init__(self, finish_first=False):
+        import libvirt
+        self.libvirt = libvirt
+        self.finish_first = finish_first
+        self.aborted = threading.Event()
+        self.calls = []
+        self.threads = {}
+
+    def migrateToURI3(self, uri, params, flags):
+        self.calls.append('migrate')
+        self.threads['migrate'] = signal.pthread_sigmask(signal.SIG_BLOCK,
+                                                         set())
+        self.aborted.wait(10)
+        if not self.finish_first:
+            raise self.libvirt.libvirtError('operation aborted: job aborted')
+
+    def abortJob(self):
+        self.calls.append('abort')
+        self.aborted.set()
+
+    def jobStats(self):
+        self.threads['stats'] = signal.pthread_sigmask(signal.SIG_BLOCK,
+                                                       set())
+        return {}
+
+
+class TestInterrupt(testtools.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        previous = signal.signal(signal.SIGTERM, migrate._interrupt)
+        self.addCleanup(signal.signal, signal.SIGTERM, previous)
+
+    def engine(self):
+        engine = migrate.Migrate.__new__(migrate.Migrate)
+        engine.opts = mock.Mock(timeout=600)
+        engine.progress = mock.Mock()
+        engine.dst = mock.Mock(libvirt_uri='qemu:///dst')
+        return engine
+
+    def signal_soon(self):
+        timer = threading.Timer(0.6, os.kill, (os.getpid(), signal.SIGTERM))
+        timer.start()
+        self.addCleanup(timer.cancel)
+
+    def test_interrupt_aborts_the_job_and_waits(self):
+        engine = self.engine()
+        dom = _FakeDomain()
+        self.signal_soon()
+        self.assertRaises(migrate.Interrupted, engine._libvirt_migrate,
+                          dom, {}, 0)
+        self.assertEqual(['migrate', 'abort'], dom.calls)
+        engine.progress.step.assert_any_call(
+            'interrupted: aborting the libvirt job')
+
+    def test_libvirt_calls_never_take_the_signal(self):
+        # A signal landing in a thread waiting on libvirt breaks the call.
+        engine = self.engine()
+        dom = _FakeDomain()
+        self.signal_soon()
+        self.assertRaises(migrate.Interrupted, engine._libvirt_migrate,
+                          dom, {}, 0)
+        for name in ('migrate', 'stats'):
+            self.assertTrue({signal.SIGINT, signal.SIGTERM}
+                            <= dom.threads[name], name)
+
+    def test_job_that_finished_first_is_reported(self):
+        engine = self.engine()
+        dom = _FakeDomain(finish_first=True)
+        self.signal_soon()
+        _seconds, error = engine._libvirt_migrate(dom, {}, 0)
+        self.assertIsNone(error)
+        self.assertEqual(['migrate', 'abort'], dom.calls)
+
+
+class TestNotMoved(testtools.TestCase):
+    """libvirt's success alone does not make a migration."""
+
+    def check(self, on_source, on_destination):
+        import libvirt
+        dom = mock.Mock()
+        dom.isActive.return_value = on_source
+        dst_conn = mock.Mock()
+        if on_destination is None:
+            dst_conn.lookupByUUIDString.side_effect = libvirt.libvirtError(
+                'no domain')
+        else:
+            dst_conn.lookupByUUIDString.return_value.isActive.return_value \
+                = on_destination
+        return migrate.Migrate._not_moved(dom, dst_conn, 'uuid-1')
+
+    def test_moved(self):
+        self.assertIsNone(self.check(False, True))
+
+    def test_still_on_source(self):
+        self.assertEqual('libvirt reported success, but the domain is '
+                         'running on the source and not running on the '
+                         'destination', self.check(True, None))
+
+    def test_on_both(self):
+        self.assertIn('is running on the source and running on the '
+                      'destination', self.check(True, True))
+
+    def test_nowhere(self):
+        self.assertIn('not running on the source and not running',
+                      self.check(False, False))
