@@ -151,13 +151,18 @@ class Proxy:
     """A TCP proxy in the tunnel path that can flip a byte or cut.
 
     ``flip_at``: offset (in the source→destination byte stream) of a byte to
-    flip; ``cut_at``: close both sides after this many bytes.
+    flip; ``cut_at``: close both sides after this many bytes. ``target``
+    may be set after start-up (before the first connection). It counts the
+    connections and the bytes it forwarded each way.
     """
 
-    def __init__(self, target, flip_at=None, cut_at=None):
+    def __init__(self, target=None, flip_at=None, cut_at=None):
         self.target = target
         self.flip_at = flip_at
         self.cut_at = cut_at
+        self.forwarded = {'src_to_dst': 0, 'dst_to_src': 0}
+        self.connections = 0
+        self._count_lock = threading.Lock()
         self._sock = socket.socket()
         self._sock.bind(('127.0.0.1', 0))
         self._sock.listen(8)
@@ -180,6 +185,10 @@ class Proxy:
                              daemon=True).start()
 
     def _pump(self, src, dst, forward):
+        key = 'src_to_dst' if forward else 'dst_to_src'
+        if forward:
+            with self._count_lock:
+                self.connections += 1
         offset = 0
         try:
             while True:
@@ -192,10 +201,13 @@ class Proxy:
                     self.flipped = True
                 if forward and self.cut_at is not None and \
                         offset + len(chunk) >= self.cut_at:
-                    dst.sendall(chunk[:self.cut_at - offset])
+                    chunk = chunk[:self.cut_at - offset]
+                    dst.sendall(chunk)
+                    self._count(key, len(chunk))
                     break
                 dst.sendall(chunk)
                 offset += len(chunk)
+                self._count(key, len(chunk))
         except OSError:
             pass
         finally:
@@ -204,6 +216,10 @@ class Proxy:
                     s.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+    def _count(self, key, n):
+        with self._count_lock:
+            self.forwarded[key] += n
 
     def close(self):
         self._sock.close()

@@ -890,21 +890,25 @@ class Lab:
 
     # -- secmig-migrate: the path the driver takes ---------------------------
 
-    def migrate_conf(self, src, dst, path=None, roles=None, **options):
+    def migrate_conf(self, src, dst, path=None, roles=None, hosts=None,
+                     **options):
         """Write a secmig-migrate configuration for src -> dst.
 
         Embedded brokers of clouds ``lab-<src>`` and ``lab-<dst>`` with
         the lab's broker certificates, roles from :meth:`LabPki.role_file`,
         each host's tunnel run inside it (``exec_prefix``).
-        ``options``: more ``[secmig_migrate]`` values.
+        ``options``: ``[secmig_migrate]`` values (replacing these);
+        ``hosts``: ``{host name: {option: value}}`` for the host groups.
         """
         path = path or os.path.join(self.root, 'migrate-%s-%s.conf'
                                     % (src.name, dst.name))
-        lines = ['[secmig_migrate]', 'broker = embedded',
-                 'role_file = %s' % self.pki.role_file(roles),
-                 'user_id = operator', 'project_id = lab',
-                 'state_dir = %s' % os.path.join(self.root, 'migrate')]
-        lines += ['%s = %s' % kv for kv in sorted(options.items())]
+        values = {'broker': 'embedded',
+                  'role_file': self.pki.role_file(roles),
+                  'user_id': 'operator', 'project_id': 'lab',
+                  'state_dir': os.path.join(self.root, 'migrate')}
+        values.update(options)
+        lines = ['[secmig_migrate]']
+        lines += ['%s = %s' % kv for kv in sorted(values.items())]
         for group, host in (('secmig_migrate_source', src),
                             ('secmig_migrate_destination', dst)):
             cert, key = self.pki.host_files(host.name)
@@ -917,6 +921,8 @@ class Lab:
                       'exec_prefix = %s' % ','.join(host.prefix),
                       'broker_cert_file = %s' % bcert,
                       'broker_key_file = %s' % bkey]
+            lines += ['%s = %s' % kv for kv in sorted(
+                (hosts or {}).get(host.name, {}).items())]
         with open(path, 'w') as f:
             f.write('\n'.join(lines) + '\n')
         return path

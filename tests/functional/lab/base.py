@@ -13,6 +13,7 @@ import testtools
 from testtools import content
 from tools.lab import lab as lab_mod
 
+from secmig_nova.authz import tokens
 from secmig_nova.trust import store
 
 MIB = 1 << 20
@@ -128,6 +129,39 @@ class LabTestCase(testtools.TestCase):
             self.assertEqual([], host.socket_files(),
                              'files left in %s on %s'
                              % (lab_mod.SOCKET_DIR, host.name))
+
+    def assertReceipts(self, result, src, dst, instance_uuid=None):
+        """Both tunnels completed; both receipts verify, agree, name it.
+
+        ``result``: a lab ``Migration`` of one connection. Returns the
+        source tunnel's connection record.
+        """
+        conns = {}
+        for side in ('source', 'destination'):
+            rc, outcome = result.tunnels[side]
+            self.assertEqual((0, 'completed'), (rc, outcome['status']),
+                             '%s tunnel: %s\n%s' % (
+                                 side, outcome,
+                                 result.tunnel_stderr.get(side, '')[-2000:]))
+            self.assertEqual(1, len(outcome['connections']))
+            conns[side] = outcome['connections'][0]
+        s, d = conns['source'], conns['destination']
+        self.assertEqual(s['src_to_dst'], d['src_to_dst'])
+        self.assertEqual(s['dst_to_src'], d['dst_to_src'])
+        self.assertGreater(s['src_to_dst']['bytes'], 10 * MIB)
+        # Both receipts verify against their clouds' CAs and agree.
+        src_claims, _ = tokens.verify_receipt(
+            s['source_receipt'], self.trust_store(src),
+            expected_fingerprint=s['src_fingerprint'])
+        dst_claims, _ = tokens.verify_receipt(
+            d['destination_receipt'], self.trust_store(dst),
+            expected_fingerprint=d['dst_fingerprint'])
+        for claims in (src_claims, dst_claims):
+            self.assertEqual(s['src_to_dst'], claims['src_to_dst'])
+            self.assertEqual(result.migration_id, claims['migration_id'])
+            if instance_uuid is not None:
+                self.assertEqual(instance_uuid, claims['instance_uuid'])
+        return s
 
     def trust_store(self, host):
         trust = self.lab.pki.trust(host.name)

@@ -68,20 +68,13 @@ class RemoteBrokersTest(base.LabTestCase):
         super().tearDownClass()
 
     def migrate(self, src, dst, name, args=()):
-        conf = self.lab.migrate_conf(src, dst, path=os.path.join(
-            self.root, 'remote-%s-%s.conf' % (src.name, dst.name)))
-        with open(conf) as f:
-            text = f.read()
-        text = text.replace('broker = embedded', 'broker = remote')
-        for host in (src, dst):
-            group = '[secmig_migrate_%s]' % (
-                'source' if host is src else 'destination')
-            text = text.replace(group, '%s\nbroker_transport_url = %s\n'
-                                'broker_timeout = 10'
-                                % (group, self.rabbit.vhost(
-                                    'lab-%s' % host.name)))
-        with open(conf, 'w') as f:
-            f.write(text)
+        conf = self.lab.migrate_conf(
+            src, dst, path=os.path.join(self.root, 'remote-%s-%s.conf'
+                                        % (src.name, dst.name)),
+            broker='remote',
+            hosts={host.name: {'broker_transport_url': self.rabbit.vhost(
+                'lab-%s' % host.name), 'broker_timeout': 10}
+                for host in (src, dst)})
         rc, summary, err = self.lab.migrate_cli(src, dst, name, args=args,
                                                 conf=conf)
         self.attach('secmig-migrate-%s' % name, summary)

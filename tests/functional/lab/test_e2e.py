@@ -24,7 +24,6 @@ no tunnel process or socket file may be left on either host.
 import json
 import os
 import signal
-import socket
 import threading
 import time
 
@@ -52,44 +51,6 @@ KILL_DELAY = 0.05
 # Bytes a refused source may send before the refusal: the TLS handshake
 # and an ABORT frame, never a guest page batch.
 HANDSHAKE_BYTES = 16 * 1024
-
-
-class CountingProxy(harness.Proxy):
-    """tunnel_harness.Proxy that also counts what it forwarded."""
-
-    def __init__(self, target=None, flip_at=None):
-        self.forwarded = {'src_to_dst': 0, 'dst_to_src': 0}
-        self.connections = 0
-        self._count_lock = threading.Lock()
-        super().__init__(target, flip_at=flip_at)
-
-    def _pump(self, src, dst, forward):
-        key = 'src_to_dst' if forward else 'dst_to_src'
-        if forward:
-            with self._count_lock:
-                self.connections += 1
-        offset = 0
-        try:
-            while True:
-                chunk = bytearray(src.recv(65536))
-                if not chunk:
-                    break
-                if forward and self.flip_at is not None and \
-                        offset <= self.flip_at < offset + len(chunk):
-                    chunk[self.flip_at - offset] ^= 0x01
-                    self.flipped = True
-                dst.sendall(chunk)
-                offset += len(chunk)
-                with self._count_lock:
-                    self.forwarded[key] += len(chunk)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
 
 class EndToEndTest(base.LabTestCase):
@@ -164,31 +125,6 @@ class EndToEndTest(base.LabTestCase):
         return sum(c.get('src_to_dst', {}).get('bytes', 0)
                    for c in outcome['connections'])
 
-    def assertReceipts(self, result, src, dst, instance_uuid):
-        """Both receipts verify, agree and name this migration."""
-        conns = {}
-        for side in ('source', 'destination'):
-            rc, outcome = result.tunnels[side]
-            self.assertEqual((0, 'completed'), (rc, outcome['status']),
-                             '%s tunnel: %s' % (side, outcome))
-            self.assertEqual(1, len(outcome['connections']))
-            conns[side] = outcome['connections'][0]
-        s, d = conns['source'], conns['destination']
-        self.assertEqual(s['src_to_dst'], d['src_to_dst'])
-        self.assertEqual(s['dst_to_src'], d['dst_to_src'])
-        self.assertGreater(s['src_to_dst']['bytes'], 10 * MIB)
-        src_claims, _ = tokens.verify_receipt(
-            s['source_receipt'], self.trust_store(src),
-            expected_fingerprint=s['src_fingerprint'])
-        dst_claims, _ = tokens.verify_receipt(
-            d['destination_receipt'], self.trust_store(dst),
-            expected_fingerprint=d['dst_fingerprint'])
-        for claims in (src_claims, dst_claims):
-            self.assertEqual(s['src_to_dst'], claims['src_to_dst'])
-            self.assertEqual(result.migration_id, claims['migration_id'])
-            self.assertEqual(instance_uuid, claims['instance_uuid'])
-        return s
-
     # -- tests ---------------------------------------------------------------
 
     def test_byte_flipped_in_tunnel_path(self):
@@ -226,7 +162,7 @@ class EndToEndTest(base.LabTestCase):
     def _wrong_destination(self, name, grant_for, advertise_proxy):
         a, b = self.a, self.b
         self.boot(a, name)
-        proxy = CountingProxy()
+        proxy = harness.Proxy()
         self.addCleanup(proxy.close)
 
         def through_proxy(_result, ready):
