@@ -39,28 +39,8 @@ getent passwd libvirt-qemu >/dev/null ||
     useradd -r -g kvm -G libvirt-qemu -d /var/lib/libvirt \
         -s /usr/sbin/nologin libvirt-qemu
 
-missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q 'ok installed' ||
-        missing+=("$p")
-done
 # The guest build downloads .debs; that needs package lists too.
-if [ ${#missing[@]} -gt 0 ] || [ -z "$(ls -A /var/lib/apt/lists 2>/dev/null |
-                                       grep -v -e lock -e partial)" ]; then
-    # No init system here: keep the packages' scripts from starting a
-    # libvirtd in the root namespace (the lab starts its own).
-    made_policy=
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
-        chmod 755 /usr/sbin/policy-rc.d
-        made_policy=1
-    fi
-    trap '[ -z "$made_policy" ] || rm -f /usr/sbin/policy-rc.d' EXIT
-    apt-get update -q
-    if [ ${#missing[@]} -gt 0 ]; then
-        apt-get install -y -q --no-install-recommends "${missing[@]}"
-    fi
-fi
+bash "$repo/tools/apt-install.sh" --with-lists "${packages[@]}"
 
 conf=/etc/libvirt/qemu.conf
 want=$("$here/hosts.sh" qemu-conf)
@@ -75,8 +55,8 @@ fi
 if [ -n "$venv" ]; then
     py=$venv/bin/python
     if [ ! -x "$py" ]; then
-        python3 -c 'import venv, ensurepip' 2>/dev/null || {
-            apt-get install -y -q --no-install-recommends python3-venv; }
+        python3 -c 'import venv, ensurepip' 2>/dev/null ||
+            bash "$repo/tools/apt-install.sh" python3-venv
         python3 -m venv "$venv"
     fi
     if ! "$py" -c 'import libvirt' 2>/dev/null; then
@@ -84,7 +64,7 @@ if [ -n "$venv" ]; then
         # headers and libvirt-dev.
         inc=$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
         if [ ! -f "$inc/Python.h" ]; then
-            apt-get install -y -q --no-install-recommends python3-dev
+            bash "$repo/tools/apt-install.sh" python3-dev
         fi
         "$py" -m pip install -q -r "$repo/lab-requirements.txt"
     fi
