@@ -22,7 +22,6 @@ from secmig_nova.broker.db import migration as db_migration
 from secmig_nova.broker import manager
 from secmig_nova.broker import rpcapi
 from secmig_nova.broker import service
-from secmig_nova.trust import certs
 from secmig_nova.trust import errors as trust_errors
 
 TRANSPORT_URL = 'fake://'
@@ -78,16 +77,11 @@ class EmbeddedBrokers:
                 'broker_key_file (secmig-nova-manage ca issue broker)'
                 % cloud_id)
         try:
-            creds = certs.Credentials.load(cert_file, key_file)
-            identity = creds.identity
-            store.verify(creds.chain, 'client', role='broker')
+            return service.broker_credentials(cert_file, key_file, cloud_id,
+                                              store)
         except (trust_errors.TrustError, OSError, ValueError) as e:
             raise EmbeddedBrokerError('broker certificate %s of cloud %s: %s'
                                       % (cert_file, cloud_id, e))
-        if identity.role != 'broker' or identity.cloud_id != cloud_id:
-            raise EmbeddedBrokerError('%s is %s, not a broker of cloud %s'
-                                      % (cert_file, identity.urn, cloud_id))
-        return creds
 
     def _start(self, conf, cloud_id, store, cert_file, key_file, roles,
                state_dir):

@@ -20,17 +20,29 @@ from secmig_nova.trust import store
 LOG = logging.getLogger(__name__)
 
 
+def broker_credentials(cert_file, key_file, cloud_id, own_store):
+    """A broker's credentials, checked to be this cloud's broker.
+
+    :raises TrustError: the chain does not verify as a broker of the
+        cloud's CA; ``ValueError``/``OSError``: unreadable, or another
+        cloud's broker.
+    """
+    credentials = certs.Credentials.load(cert_file, key_file)
+    own_store.verify(credentials.chain, 'client', role='broker')
+    identity = credentials.identity
+    if identity.role != 'broker' or identity.cloud_id != cloud_id:
+        raise ValueError('%s is %s, not a broker of cloud %s'
+                         % (cert_file, identity.urn, cloud_id))
+    return credentials
+
+
 def build_manager(conf, keystone_client=None, enforcer=None):
     """The BrokerManager described by ``conf``; fails on bad config."""
     b = conf.secmig_broker
-    credentials = certs.Credentials.load(b.cert_file, b.key_file)
-    identity = credentials.identity
-    if identity.role != 'broker' or identity.cloud_id != conf.secmig.cloud_id:
-        raise ValueError('%s is %s, expected a broker of cloud %s'
-                         % (b.cert_file, identity.urn, conf.secmig.cloud_id))
     own = store.TrustStore.load(conf.secmig.cloud_id, conf.secmig.ca_file,
                                 conf.secmig.crl_file)
-    own.verify(credentials.chain, 'client', role='broker')
+    credentials = broker_credentials(b.cert_file, b.key_file,
+                                     conf.secmig.cloud_id, own)
     peers = {}
     for cloud_id in b.peers:
         group = broker_conf.register_peer_opts(conf, cloud_id)
