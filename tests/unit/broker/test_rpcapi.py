@@ -7,15 +7,11 @@ still accept them (record_receipt has its own, larger cap), and refuse
 anything over that cap by name, before reading it.
 """
 
-import datetime
 import time
 from unittest import mock
 import uuid
 
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives import hashes
-from cryptography import x509
-from cryptography.x509.oid import NameOID
 import testtools
 
 from secmig_nova.authz import tokens
@@ -25,6 +21,7 @@ from secmig_nova.broker import rpcapi
 from secmig_nova.trust import ca
 from secmig_nova.trust import certs
 from tests.fixtures import brokers
+from tests.fixtures import pki as pki_fixture
 
 _INTERMEDIATES = {}
 
@@ -37,38 +34,9 @@ def intermediate_credentials(cloud, role, name):
     """
     if cloud.cloud_id not in _INTERMEDIATES:
         root, root_key = cloud.ca.load()
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        now = datetime.datetime.now(datetime.timezone.utc)
-        ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-        root_ski = root.extensions.get_extension_for_class(
-            x509.SubjectKeyIdentifier).value
-        cert = (x509.CertificateBuilder()
-                .subject_name(x509.Name([
-                    x509.NameAttribute(NameOID.ORGANIZATION_NAME,
-                                       'secmig-nova'),
-                    x509.NameAttribute(NameOID.COMMON_NAME,
-                                       'secmig issuing CA %s'
-                                       % cloud.cloud_id)]))
-                .issuer_name(root.subject)
-                .public_key(key.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(minutes=5))
-                .not_valid_after(now + datetime.timedelta(days=30))
-                .add_extension(x509.BasicConstraints(ca=True, path_length=0),
-                               critical=True)
-                .add_extension(x509.KeyUsage(
-                    digital_signature=False, content_commitment=False,
-                    key_encipherment=False, data_encipherment=False,
-                    key_agreement=False, key_cert_sign=True, crl_sign=True,
-                    encipher_only=False, decipher_only=False),
-                    critical=True)
-                .add_extension(ski, critical=False)
-                .add_extension(
-                    x509.AuthorityKeyIdentifier
-                    .from_issuer_subject_key_identifier(root_ski),
-                    critical=False)
-                .sign(root_key, hashes.SHA256()))
-        _INTERMEDIATES[cloud.cloud_id] = (cert, key)
+        _INTERMEDIATES[cloud.cloud_id] = pki_fixture.build_intermediate(
+            root, root_key, cloud.cloud_id, key=rsa.generate_private_key(
+                public_exponent=65537, key_size=2048))
     inter, inter_key = _INTERMEDIATES[cloud.cloud_id]
     leaf, key = ca.issue(inter, inter_key, cloud.cloud_id, role, name)
     return certs.Credentials([leaf, inter], key)

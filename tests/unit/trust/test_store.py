@@ -84,36 +84,7 @@ def build_leaf(ca_cert, ca_key, san, key=None, cn='odd leaf'):
     return builder.sign(ca_key, hashes.SHA256())
 
 
-def build_intermediate(root_cert, root_key, cloud_id):
-    """An intermediate CA (path length 0) under ``root_cert``."""
-    key = ca.new_key()
-    now = _now()
-    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-    root_ski = root_cert.extensions.get_extension_for_class(
-        x509.SubjectKeyIdentifier).value
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([
-                x509.NameAttribute(NameOID.COMMON_NAME,
-                                   'secmig intermediate %s' % cloud_id)]))
-            .issuer_name(root_cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + 30 * DAY)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0),
-                           critical=True)
-            .add_extension(x509.KeyUsage(
-                digital_signature=False, content_commitment=False,
-                key_encipherment=False, data_encipherment=False,
-                key_agreement=False, key_cert_sign=True, crl_sign=True,
-                encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(ski, critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier
-                .from_issuer_subject_key_identifier(root_ski),
-                critical=False)
-            .sign(root_key, hashes.SHA256()))
-    return cert, key
+build_intermediate = pki_fixture.build_intermediate
 
 
 def leaf_of(cloud, name):
