@@ -430,8 +430,13 @@ class Migrate:
                 if failure else '')
             out = outgoing.finish(False, message)
             inc = incoming.finish(False, message)
-            summary.update(status='failed', reason=reason, message=message,
-                           results=self._results(out, inc))
+            results = self._results(out, inc)
+            verdict = detected_reason(reason, results)
+            if verdict != reason:
+                message = '%s (the destination tunnel detected %s; the ' \
+                    'source saw %s)' % (message, verdict, reason)
+            summary.update(status='failed', reason=verdict, message=message,
+                           results=results)
             return self._still_on_source(summary, dom, t0)
         out = outgoing.finish(True)
         inc = incoming.finish(True)
@@ -537,6 +542,27 @@ class Migrate:
             json.dump({'migration_id': mid, 'connections': out.connections},
                       f, indent=1)
         return path
+
+
+# Reasons that say nothing about what went wrong on the wire.
+_UNSPECIFIC = frozenset({'migration_failed', 'libvirt_failed', 'terminated'})
+
+
+def detected_reason(source_reason, results):
+    """The failure's reason as named by the side that detected it.
+
+    A source tunnel whose peer detected tampering, or whose path was cut,
+    cannot tell which (``truncated`` or ``stream_tampered``; see "What each
+    side can know" in tunnel-protocol.rst). The destination tunnel that
+    detected it can: its reason wins when it is more specific.
+    """
+    from secmig_nova.tunnel import errors
+    dst = ((results or {}).get('destination') or {}).get('reason')
+    if source_reason in errors.PEER_DETECTED_OR_CUT and dst and \
+            dst not in (source_reason, errors.TRUNCATED) and \
+            dst not in _UNSPECIFIC:
+        return dst
+    return source_reason
 
 
 # -- output -------------------------------------------------------------------

@@ -303,18 +303,18 @@ class Connection:
 
     def _truncated(self, then=''):
         return errors.TunnelError(
-            'truncated', 'peer closed the connection in state %s, before '
-            'the closing exchange completed (%d bytes received)%s'
+            errors.TRUNCATED, 'peer closed the connection in state %s, '
+            'before the closing exchange completed (%d bytes received)%s'
             % (self.state.value, self.rx.bytes, then), notify_peer=False)
 
     def _tls_failure(self, exc):
         name = getattr(exc, 'reason', None) or str(exc)
         if 'BAD_RECORD_MAC' in name or 'DECRYPT' in name:
             return errors.TunnelError(
-                'stream_tampered', 'a TLS record failed its integrity '
+                errors.STREAM_TAMPERED, 'a TLS record failed its integrity '
                 'check (%s): the stream was modified in transit' % name,
                 notify_peer=False)
-        return errors.TunnelError('truncated', 'TLS session failed: %s'
+        return errors.TunnelError(errors.TRUNCATED, 'TLS session failed: %s'
                                   % name, notify_peer=False)
 
     def _dispatch_frame(self, ftype, payload):

@@ -16,6 +16,14 @@ PEER_REFUSED_CERTIFICATE = 'peer_refused_certificate'
 PEER_UNREACHABLE = 'peer_unreachable'
 PEER_ABORTED = 'peer_aborted'
 CONFIG_INVALID = 'config_invalid'
+STREAM_TAMPERED = 'stream_tampered'
+TRUNCATED = 'truncated'
+
+# What a side reports when its peer detected tampering or the path was cut.
+# The two look alike from here: the peer's alert can be dropped by whoever
+# cut or modified the path, and a cut can race ahead of the alert. Only the
+# side that detected the tampering can name it (tunnel-protocol.rst).
+PEER_DETECTED_OR_CUT = frozenset({STREAM_TAMPERED, TRUNCATED})
 
 # Refusals happen before any migration byte moved: the peer was not
 # authenticated or not authorized. Everything else is a failure mid-stream.

@@ -48,6 +48,7 @@ from oslo_log import log as logging
 from oslo_utils import excutils
 
 from secmig_nova import conf as secmig_conf  # noqa: F401 (registers [secmig])
+from secmig_nova.tunnel import errors as tunnel_errors
 from secmig_nova.virt import enforcement
 from secmig_nova.virt import migration
 
@@ -135,6 +136,24 @@ class SecureGuest:
                       '(%s: %s); libvirt reported: %s', session.migration_id,
                       failure.get('side', 'source'), failure.get('reason'),
                       failure.get('message'), e)
+
+
+def _tunnel_failure_text(failure, session, dest):
+    """What the source tunnel's failure tells the operator.
+
+    A source that saw its stream cut cannot tell a cut path from a
+    destination that detected tampering (tunnel-protocol.rst, "What each
+    side can know"); only the destination's record names the verdict.
+    """
+    text = '%s tunnel: %s: %s' % (failure.get('side', 'source'),
+                                  failure.get('reason'),
+                                  failure.get('message'))
+    if failure.get('reason') in tunnel_errors.PEER_DETECTED_OR_CUT:
+        text += ('; the destination %s may have detected tampering: its '
+                 'verdict is in its nova-compute log and in the broker '
+                 'record of migration %s in cloud %s'
+                 % (dest, session.migration_id, session.grant.dst_cloud))
+    return text
 
 
 class SecureLibvirtDriver(libvirt_driver.LibvirtDriver):
@@ -521,9 +540,8 @@ class SecureLibvirtDriver(libvirt_driver.LibvirtDriver):
             completed, why = self._secmig_job_outcome(guest, instance)
             if secure_guest.tunnel_failure is not None:
                 failure = secure_guest.tunnel_failure
-                completed, why = False, '%s tunnel: %s: %s' % (
-                    failure.get('side', 'source'), failure.get('reason'),
-                    failure.get('message'))
+                completed, why = False, _tunnel_failure_text(
+                    failure, session, dest)
         finally:
             result = session.finish(completed, why)
             with self._secmig_lock:

@@ -11,6 +11,7 @@ import struct
 import time
 
 from secmig_nova.authz import tokens
+from secmig_nova.tunnel import errors
 from secmig_nova.tunnel import frames
 from tests.functional import tunnel_harness as harness
 
@@ -512,7 +513,7 @@ class TestStreamFailures(harness.TunnelTestCase):
         rc, outcome = src.wait(harness.TIMEOUT)
         self.assertNotEqual(0, rc)
         self.assertEqual('failed', outcome['status'])
-        self.assertIn(outcome['reason'], ('stream_tampered', 'truncated'))
+        self.assertIn(outcome['reason'], errors.PEER_DETECTED_OR_CUT)
         received = qemu_dst.wait()
         self.assertLess(received[0][0], 4 << 20)
         self.assertNoSocketLeft()

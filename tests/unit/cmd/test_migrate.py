@@ -308,6 +308,34 @@ class TestRender(testtools.TestCase):
                          self.render(dict(HEAD)))
 
 
+class TestDetectedReason(testtools.TestCase):
+    """The summary names the verdict of the side that detected it."""
+
+    @staticmethod
+    def results(dst_reason):
+        return {'source': {'status': 'failed', 'reason': 'truncated'},
+                'destination': {'status': 'failed', 'reason': dst_reason}}
+
+    def test_cut_source_takes_the_destinations_verdict(self):
+        self.assertEqual('stream_tampered', migrate.detected_reason(
+            'truncated', self.results('stream_tampered')))
+        self.assertEqual('checkpoint_mismatch', migrate.detected_reason(
+            'truncated', self.results('checkpoint_mismatch')))
+
+    def test_source_that_knows_keeps_its_reason(self):
+        self.assertEqual('stream_tampered', migrate.detected_reason(
+            'stream_tampered', self.results('truncated')))
+        self.assertEqual('fingerprint_mismatch', migrate.detected_reason(
+            'fingerprint_mismatch', self.results('grant_invalid')))
+
+    def test_unspecific_destination_reason_is_not_a_verdict(self):
+        for dst in ('truncated', 'terminated', 'migration_failed', None):
+            self.assertEqual('truncated', migrate.detected_reason(
+                'truncated', self.results(dst)), dst)
+        self.assertEqual('truncated', migrate.detected_reason(
+            'truncated', {}))
+
+
 class TestExitCode(testtools.TestCase):
 
     def test_exit_codes(self):

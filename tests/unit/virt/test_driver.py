@@ -562,6 +562,25 @@ class TestSource(DriverTestCase):
         self.assertIn('did not complete',
                       self.event_failure().format_message())
 
+    def test_cut_stream_names_where_the_destinations_verdict_is(self):
+        # The source cannot tell tampering detected by the destination from
+        # a cut path: the error sends the operator to the destination.
+        guest = FakeGuest(job=libvirt.VIR_DOMAIN_JOB_NONE)
+        guest._domain.migrateToURI3.side_effect = libvirt.libvirtError(
+            'operation failed: migration socket closed')
+        self.session.grant.dst_cloud = 'cloud-b'
+        self.session.tunnel_failure.return_value = {
+            'side': 'source', 'status': 'failed', 'reason': 'truncated',
+            'message': 'peer closed the connection'}
+        self.session.finish.return_value = migration.Result(
+            MID, 'source', 'failed', 'truncated', 'x')
+        self.operation(guest)
+        why = self.session.finish.call_args[0][1]
+        self.assertTrue(why.startswith(
+            'source tunnel: truncated: peer closed the connection; the '
+            'destination host-b may have detected tampering'), why)
+        self.assertIn('migration %s in cloud cloud-b' % MID, why)
+
     def test_libvirt_error_without_tunnel_failure_is_nova_s(self):
         guest = FakeGuest(job=libvirt.VIR_DOMAIN_JOB_NONE)
         guest._domain.migrateToURI3.side_effect = libvirt.libvirtError('x')
