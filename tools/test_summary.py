@@ -6,7 +6,8 @@ skipped test is never counted as passing (a component that cannot start
 must fail the test with the reason, not skip it).
 
     test_summary.py [--add-to FILE]     # also add the counts to FILE
-    test_summary.py --total FILE        # print the sum of FILE's counts
+    test_summary.py --total FILE        # print the sum of FILE's counts,
+                                        # then "FAILED: <test id>" lines
 
 Run from the directory holding the stestr repository (.stestr).
 """
@@ -38,7 +39,10 @@ def last_run():
     for test, _reason in summary.skipped:
         print('SKIPPED (counts as a failure here): %s' % test.id())
     return {'passed': summary.testsRun - failed - skipped,
-            'failed': failed, 'skipped': skipped}
+            'failed': failed, 'skipped': skipped,
+            'failed_tests': sorted(test.id() for test, _ in
+                                   summary.errors + summary.failures +
+                                   summary.skipped)}
 
 
 def line(counts):
@@ -58,6 +62,7 @@ def main():
     args = parser.parse_args()
     if args.total:
         total = {'passed': 0, 'failed': 0, 'skipped': 0, 'runs': 0}
+        failed_tests = []
         if os.path.exists(args.total):
             with open(args.total) as f:
                 for raw in f:
@@ -65,7 +70,10 @@ def main():
                     for key in ('passed', 'failed', 'skipped'):
                         total[key] += run[key]
                     total['runs'] += 1
+                    failed_tests += run.get('failed_tests', [])
         print(line(total))
+        for test_id in failed_tests:
+            print('FAILED: %s' % test_id)
         return 0 if ok(total) else 1
     counts = last_run()
     print(line(counts))
