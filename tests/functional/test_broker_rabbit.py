@@ -29,7 +29,9 @@ from tests.functional.fixtures import rabbitmq
 
 BrokerProcess = broker_process.BrokerProcess
 INSTANCE = broker_process.INSTANCE
-RPC_TIMEOUT = broker_process.RPC_TIMEOUT
+# Host -> broker calls: longer than the brokers' own peer deadline, so a
+# broker answers (or refuses) by itself before its host gives up.
+API_TIMEOUT = 90
 
 
 class BrokersOnRabbit(testtools.TestCase):
@@ -37,6 +39,7 @@ class BrokersOnRabbit(testtools.TestCase):
 
     extra_peer_conf = ''
     project_limit = 2
+    rpc_timeout = broker_process.RPC_TIMEOUT
 
     @classmethod
     def setUpClass(cls):
@@ -51,10 +54,12 @@ class BrokersOnRabbit(testtools.TestCase):
                                            url=cls.rabbit.vhost(c))
             for c in ('cloud-a', 'cloud-b')}
         cls.a = BrokerProcess(cls.root, 'a', cls.pki.a, cls.pki.b,
-                              cls.rabbit, cls.ks)
+                              cls.rabbit, cls.ks,
+                              rpc_timeout=cls.rpc_timeout)
         cls.b = BrokerProcess(cls.root, 'b', cls.pki.b, cls.pki.a,
                               cls.rabbit, cls.ks, cls.extra_peer_conf,
-                              cls.project_limit)
+                              cls.project_limit,
+                              rpc_timeout=cls.rpc_timeout)
         try:
             cls.b.start(cls.api('cloud-b'))
             cls.a.start(cls.api('cloud-a'))
@@ -72,7 +77,7 @@ class BrokersOnRabbit(testtools.TestCase):
         super().tearDownClass()
 
     @classmethod
-    def api(cls, cloud, timeout=15):
+    def api(cls, cloud, timeout=API_TIMEOUT):
         return rpcapi.BrokerAPI(cls.transports[cloud], timeout=timeout)
 
     def host(self, cloud, name):
@@ -212,17 +217,21 @@ class TestBrokerFlows(BrokersOnRabbit):
 
 class TestBrokerDownAndRestart(BrokersOnRabbit):
 
+    # The deadline under test: short, so the down peer is found quickly.
+    rpc_timeout = 8
+
     def test_peer_down_then_restarted_keeps_state_and_replay(self):
         mid = self.register()
         ticket = self.authorize(mid)
         self.grant(mid, ticket)
         # Peer broker down: a clear refusal after rpc_timeout, no hang.
+        # broker-a's own answer (peer_unavailable) is the behaviour: had it
+        # waited on, the host's call would end in its own timeout
+        # (API_TIMEOUT, ten times rpc_timeout) as broker_unavailable.
         self.b.stop()
         mid2 = str(uuid.uuid4())
         ticket2 = self.authorize(mid2)
-        started = time.monotonic()
         self.assertRefused('peer_unavailable', self.grant, mid2, ticket2)
-        self.assertLess(time.monotonic() - started, RPC_TIMEOUT + 10)
         # Restarted on the same database: state and replay store kept.
         self.b.start(self.api('cloud-b'))
         b_db = db_api.Database(self.b.db_url)

@@ -109,7 +109,7 @@ class NovaPolicyTest(testtools.TestCase):
                                                     roles=('admin',))))
 
     def test_keystone_unreachable_denies(self):
-        url = 'http://127.0.0.1:%d/v3' % ks_fixture.free_port()
+        url = 'http://127.0.0.1:%d/v3' % ks_fixture.refusing_port(self)
         self.conf.config(group='secmig_keystone', auth_url=url,
                          endpoint_override=url)
         keystone.reset_clients()

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import struct
+import threading
 import time
 
 from secmig_nova.authz import tokens
@@ -110,9 +111,15 @@ class TestRoundTrip(harness.TunnelTestCase):
         self.assertFalse(os.path.exists(disk_src))
 
     def test_destination_qemu_socket_appears_late(self):
-        dst, src, _ = self.start_pair()
+        # The destination waits up to local_endpoint_timeout for its QEMU's
+        # socket: long here, so the socket is late but never too late.
+        dst, src, _ = self.start_pair(dst={'local_endpoint_timeout': 60.0})
         data = os.urandom(200000)
         feeder = harness.FakeSourceQemu(self.src_sock, data)
+        # The connection reached the destination, which looks for its QEMU
+        # once the handshake and HELLO are through; the socket comes later.
+        harness.wait_for(lambda: 'connection from' in dst.stderr,
+                         'the destination accepted the connection')
         time.sleep(0.7)
         qemu_dst = harness.FakeDestinationQemu(self.dst_qemu_sock)
         self.addCleanup(qemu_dst.close)
@@ -356,8 +363,10 @@ class TestGrantRefusals(harness.TunnelTestCase):
         QEMU before 8.1 takes the first connection it accepts as the main
         channel; the destination tunnel keeps the source's order.
         """
+        # #1 waits for #0 up to local_endpoint_timeout: long enough here
+        # for this test to connect #0 on a busy machine.
         proc, endpoint = self.start_destination(
-            expect_connections={'memory': 2})
+            expect_connections={'memory': 2}, local_endpoint_timeout=60.0)
         qemu_dst = harness.FakeDestinationQemu(self.dst_qemu_sock,
                                                connections=2)
         self.addCleanup(qemu_dst.close)
@@ -371,7 +380,7 @@ class TestGrantRefusals(harness.TunnelTestCase):
         first.sendall(self.hello(grant, index=0))
         self.assertEqual(frames.FrameType.HELLO_OK,
                          self.read_frame(first)[0])
-        second.settimeout(10)
+        second.settimeout(harness.TIMEOUT)
         self.assertEqual(frames.FrameType.HELLO_OK,
                          self.read_frame(second)[0])
         first.close()
@@ -396,12 +405,18 @@ class TestGrantRefusals(harness.TunnelTestCase):
             src={'expect_connections': {'memory': 2}})
         qemu_dst = harness.FakeDestinationQemu(self.dst_qemu_sock)
         self.addCleanup(qemu_dst.close)
+        # Connection #0 is through to the destination QEMU and stays open
+        # while QEMU opens #1, which the grant does not allow.
+        release = threading.Event()
+        self.addCleanup(release.set)
         first = harness.FakeSourceQemu(self.src_sock, os.urandom(100),
-                                       pace=0.5)
-        time.sleep(0.3)
+                                       hold=release)
+        harness.wait_for(lambda: qemu_dst.progress >= 100,
+                         'connection #0 reached the destination QEMU')
         harness.FakeSourceQemu(self.src_sock, os.urandom(100)).wait()
-        first.wait()
         self.assertRefused(src, 'stream_not_allowed', 'refused')
+        release.set()
+        first.wait()
         self.assertNoSocketLeft()
         # Refused at the source: the destination never saw connection #1.
         _rc, dst_out = dst.wait(harness.TIMEOUT)
@@ -487,7 +502,7 @@ class TestStreamFailures(harness.TunnelTestCase):
             advertise_endpoint=proxy.endpoint)
         proxy.target = _bound(dst)
         src = self.start(self.src_params(grant))
-        src.wait_ready()
+        src.wait_ready(harness.TIMEOUT)
         harness.FakeSourceQemu(self.src_sock, os.urandom(4 << 20)).wait()
         self.assertRefused(dst, 'truncated', 'failed')
         self.assertRefused(src, 'truncated', 'failed')
@@ -502,7 +517,7 @@ class TestStreamFailures(harness.TunnelTestCase):
         qemu_dst = harness.FakeDestinationQemu(self.dst_qemu_sock)
         self.addCleanup(qemu_dst.close)
         src = self.start(self.src_params(self.pki.grant(proxy.endpoint)))
-        src.wait_ready()
+        src.wait_ready(harness.TIMEOUT)
         harness.FakeSourceQemu(self.src_sock, os.urandom(4 << 20)).wait()
         self.assertTrue(proxy.flipped)
         # The destination detects the tampering. The source learns it from
@@ -526,7 +541,7 @@ class TestStreamFailures(harness.TunnelTestCase):
         src = self.start(self.src_params(
             self.pki.grant(endpoint),
             test_hooks={'corrupt_tx_at': 123456}), env=env)
-        src.wait_ready()
+        src.wait_ready(harness.TIMEOUT)
         harness.FakeSourceQemu(self.src_sock, os.urandom(4 << 20)).wait()
         self.assertRefused(dst, 'checkpoint_mismatch', 'failed')
         self.assertRefused(src, 'checkpoint_mismatch', 'failed')
@@ -553,11 +568,8 @@ class TestStreamFailures(harness.TunnelTestCase):
                                                read_size=16384, pace=0.02)
         self.addCleanup(qemu_dst.close)
         feeder = harness.FakeSourceQemu(self.src_sock, os.urandom(32 << 20))
-        deadline = time.monotonic() + 10
-        while qemu_dst.progress < 256 * 1024 and \
-                time.monotonic() < deadline:
-            time.sleep(0.05)
-        self.assertGreaterEqual(qemu_dst.progress, 256 * 1024)
+        harness.wait_for(lambda: qemu_dst.progress >= 256 * 1024,
+                         'bytes flowing to the destination QEMU')
         return qemu_dst, feeder
 
     def test_source_killed_while_destination_qemu_lags(self):
@@ -592,20 +604,20 @@ class TestStreamFailures(harness.TunnelTestCase):
         dst, src, _ = self.start_pair()
         qemu_dst = harness.FakeDestinationQemu(self.dst_qemu_sock)
         self.addCleanup(qemu_dst.close)
-        feeder = harness.FakeSourceQemu(self.src_sock, os.urandom(8 << 20),
+        # The feeder takes at least 128 x 0.05 s to send its 8 MiB.
+        total = 8 << 20
+        feeder = harness.FakeSourceQemu(self.src_sock, os.urandom(total),
                                         chunk=65536, pace=0.05)
-        deadline = time.time() + 10
-        while not qemu_dst.received and time.time() < deadline:
-            if qemu_dst._threads:
-                break
-            time.sleep(0.05)
-        time.sleep(0.3)
-        started = time.monotonic()
+        # Mid-stream: bytes are reaching the destination QEMU.
+        harness.wait_for(lambda: qemu_dst.progress > 0,
+                         'bytes flowing to the destination QEMU')
         src.proc.send_signal(signal.SIGTERM)
         outcome = self.assertRefused(src, 'terminated', 'aborted')
-        self.assertLess(time.monotonic() - started, 10)
         self.assertRefused(dst, 'terminated')
         self.assertEqual('aborted', outcome['connections'][0]['status'])
+        # Stopped, not drained: the stream ended short of its end.
+        self.assertLess(outcome['connections'][0]['src_to_dst']['bytes'],
+                        total)
         feeder.wait()
         self.assertNoSocketLeft()
 

@@ -22,7 +22,27 @@ from secmig_nova.tunnel import frames
 from secmig_nova.tunnel import process
 from tests.fixtures import pki as pki_fixture
 
-TIMEOUT = 30
+# Upper bound of every wait on an event (a tunnel's ready or outcome line,
+# a fake QEMU's end): generous, for a process starting on a busy machine.
+# Waits end at the event; only a hung test waits this long.
+TIMEOUT = 90
+
+# The tunnels' own deadlines. None of these tests is about them expiring
+# (a test that is sets its own, short): they are generous so that a busy
+# machine does not turn a slow peer into a timeout.
+HANDSHAKE_TIMEOUT = 30.0
+LOCAL_ENDPOINT_TIMEOUT = 30.0
+IDLE_TIMEOUT = 60.0
+DEADLINE = 240.0
+
+
+def wait_for(predicate, what, timeout=TIMEOUT, interval=0.02):
+    """Poll until ``predicate()`` is true; AssertionError after timeout."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError('%s: not within %s s' % (what, timeout))
+        time.sleep(interval)
 
 
 class FakeDestinationQemu:
@@ -102,13 +122,18 @@ class FakeDestinationQemu:
 
 
 class FakeSourceQemu:
-    """Connects to the source tunnel's socket, streams data, reads back."""
+    """Connects to the source tunnel's socket, streams data, reads back.
 
-    def __init__(self, path, data, chunk=256 * 1024, pace=None):
+    ``hold``: a threading.Event; after the data, the connection stays open
+    (no shutdown) until it is set, so the test decides when it ends.
+    """
+
+    def __init__(self, path, data, chunk=256 * 1024, pace=None, hold=None):
         self.path = path
         self.data = data
         self.chunk = chunk
         self.pace = pace
+        self.hold = hold
         self.returned = bytearray()
         self.error = None
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -126,6 +151,8 @@ class FakeSourceQemu:
                 sock.sendall(view[i:i + self.chunk])
                 if self.pace:
                     time.sleep(self.pace)
+            if self.hold is not None:
+                self.hold.wait(TIMEOUT)
             sock.shutdown(socket.SHUT_WR)
             reader.join(TIMEOUT)
         except OSError as e:
@@ -255,9 +282,10 @@ class TunnelTestCase(testtools.TestCase):
             'peer': self.pki.a.trust(crl=crl),
             'sockets': {'memory': self.dst_qemu_sock},
             'expect_connections': {'memory': 1},
-            'checkpoint_bytes': 1 << 20, 'handshake_timeout': 5.0,
-            'local_endpoint_timeout': 3.0, 'idle_timeout': 10.0,
-            'deadline': 60.0,
+            'checkpoint_bytes': 1 << 20,
+            'handshake_timeout': HANDSHAKE_TIMEOUT,
+            'local_endpoint_timeout': LOCAL_ENDPOINT_TIMEOUT,
+            'idle_timeout': IDLE_TIMEOUT, 'deadline': DEADLINE,
         }
         params.update(self.host_files('b', host))
         params.update(over)
@@ -271,8 +299,9 @@ class TunnelTestCase(testtools.TestCase):
             'peer': self.pki.b.trust(),
             'sockets': {'memory': self.src_sock}, 'grant': grant,
             'expect_connections': {'memory': 1},
-            'checkpoint_bytes': 1 << 20, 'handshake_timeout': 5.0,
-            'idle_timeout': 10.0, 'deadline': 60.0,
+            'checkpoint_bytes': 1 << 20,
+            'handshake_timeout': HANDSHAKE_TIMEOUT,
+            'idle_timeout': IDLE_TIMEOUT, 'deadline': DEADLINE,
         }
         params.update(self.host_files(cloud, host))
         params.update(over)
@@ -330,7 +359,7 @@ class TunnelTestCase(testtools.TestCase):
         files = host_files or getattr(self.pki, cloud).hosts[host]
         ctx.load_cert_chain(*files)
         h, port = endpoint.rsplit(':', 1)
-        raw = socket.create_connection((h, int(port)), timeout=10)
+        raw = socket.create_connection((h, int(port)), timeout=TIMEOUT)
         return ctx.wrap_socket(raw)
 
     def hello(self, grant, index=0, kind='memory', migration_id='mig-1'):

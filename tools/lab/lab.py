@@ -74,6 +74,12 @@ PRIVATE_DIRS = (('/run', 'run'), ('/etc/libvirt', 'etc'),
                 ('/var/lib/libvirt', 'lib'), ('/var/log/libvirt', 'log'),
                 ('/var/cache/libvirt', 'cache'))
 MIB = 1 << 20
+# Upper bounds of waits on events, for a busy machine: a tunnel process
+# printing its ready line, a libvirt host answering (hosts.sh), tcpdump
+# listening. Each wait ends at its event.
+READY_TIMEOUT = 120
+HOST_START_TIMEOUT = 180
+CAPTURE_START_TIMEOUT = 60
 
 
 _QUIET = False
@@ -476,6 +482,8 @@ class Lab:
         self.names = tuple(hosts)
         self.remove = remove
         self.env = dict(os.environ, SECMIG_LAB_DIR=self.root)
+        self.env.setdefault('SECMIG_LAB_START_TIMEOUT',
+                            str(HOST_START_TIMEOUT))
         # One guest image for every lab state directory.
         self.env.setdefault('SECMIG_LAB_GUEST_DIR',
                             os.path.join(DEFAULT_DIR, 'guest'))
@@ -536,7 +544,8 @@ class Lab:
         t0 = time.monotonic()
         _run([GUEST_SH, 'build'], env=self.env, timeout=900)
         t1 = time.monotonic()
-        _run([HOSTS_SH, 'start'] + list(self.names), env=self.env)
+        _run([HOSTS_SH, 'start'] + list(self.names), env=self.env,
+             timeout=len(self.names) * HOST_START_TIMEOUT + 60)
         t2 = time.monotonic()
         self.timings.update(guest_build=t1 - t0, hosts_start=t2 - t1)
         return self
@@ -762,10 +771,10 @@ class Lab:
         return params
 
     def migrate_secure(self, src, dst, name, migration_id=None,
-                       timeout=300, tunnel_timeout=60, check=True,
+                       timeout=300, tunnel_timeout=120, check=True,
                        destination_params=None, source_params=None,
                        on_destination_ready=None, grant=None, during=None,
-                       bandwidth_mib=None, parallel=0):
+                       bandwidth_mib=None, parallel=0, before_migrate=None):
         """Live-migrate through a source and a destination secmig-tunnel.
 
         The destination tunnel runs in dst's namespaces and connects to
@@ -791,6 +800,9 @@ class Lab:
             dst's broker would mint for this migration).
         :param during: ``f(result)`` run in a thread while libvirt
             migrates (``result.procs`` has both TunnelProcess objects).
+        :param before_migrate: ``f(result)`` once both tunnels are ready,
+            right before libvirt is asked to migrate (e.g. to start two
+            migrations together).
         :param bandwidth_mib: QEMU's migration bandwidth cap in MiB/s
             (VIR_MIGRATE_PARAM_BANDWIDTH; default: libvirt's, unlimited).
         :param parallel: QEMU multifd channels (VIR_MIGRATE_PARALLEL): the
@@ -820,7 +832,7 @@ class Lab:
         src_tunnel = None
         migrated = False
         try:
-            ready = dst_tunnel.wait_ready()
+            ready = dst_tunnel.wait_ready(READY_TIMEOUT)
             result.ready['destination'] = ready
             endpoint = ready['endpoint']
             result.tunnel_ns['destination'] = _mnt_ns(dst_tunnel.pid)
@@ -837,9 +849,11 @@ class Lab:
                 grant=token, expect_connections=streams,
                 **(source_params or {})))
             result.procs['source'] = src_tunnel
-            result.ready['source'] = src_tunnel.wait_ready()
+            result.ready['source'] = src_tunnel.wait_ready(READY_TIMEOUT)
             result.tunnel_ns['source'] = _mnt_ns(src_tunnel.pid)
             result.setup_seconds = time.monotonic() - t0
+            if before_migrate is not None:
+                before_migrate(result)
             params = migration.libvirt_params(uri, bandwidth=bandwidth_mib,
                                               parallel=parallel)
             try:
@@ -1000,7 +1014,7 @@ class Capture:
         self._err = []
         self._ready = threading.Event()
 
-    def start(self, timeout=10):
+    def start(self, timeout=CAPTURE_START_TIMEOUT):
         if shutil.which('tcpdump') is None:
             raise LabError('tcpdump is not installed: run '
                            'tools/lab/install.sh')
@@ -1023,11 +1037,16 @@ class Capture:
                 self._ready.set()
         self._ready.set()
 
-    def stop(self):
-        """Stop tcpdump; returns its counters (captured, dropped...)."""
+    def stop(self, settle=1.0, timeout=60):
+        """Stop tcpdump; returns its counters (captured, dropped...).
+
+        First let it catch up: with ``-U`` each packet is written as it is
+        read, so the file not growing for ``settle`` seconds (at most
+        ``timeout``) means tcpdump has read what the kernel held for it,
+        even when it runs behind on a busy machine.
+        """
         if self.proc.poll() is None:
-            # Let the last packets reach the file.
-            time.sleep(0.3)
+            self._wait_settled(settle, timeout)
             self.proc.send_signal(signal.SIGINT)
         try:
             self.proc.wait(30)
@@ -1039,6 +1058,20 @@ class Capture:
                              r'dropped by kernel)', text):
             self.stats[m.group(2).replace(' ', '_')] = int(m.group(1))
         return self.stats
+
+    def _wait_settled(self, settle, timeout):
+        deadline = time.monotonic() + timeout
+        size, since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            try:
+                now_size = os.path.getsize(self.path)
+            except OSError:
+                now_size = -1
+            if now_size != size:
+                size, since = now_size, time.monotonic()
+            elif time.monotonic() - since >= settle:
+                return
+            time.sleep(0.1)
 
     @property
     def stderr(self):

@@ -17,8 +17,10 @@ from secmig_nova.authz import tokens
 from secmig_nova.trust import store
 
 MIB = 1 << 20
-BOOT_TIMEOUT = 90
-BEAT_TIMEOUT = 30
+# Upper bounds of waits on the guest's serial log (a TCG guest booting,
+# heartbeats once a second), generous for a busy machine.
+BOOT_TIMEOUT = 240
+BEAT_TIMEOUT = 90
 
 
 def unique_marker():

@@ -22,6 +22,9 @@ import time
 from tests.functional.lab import base
 
 MIB = base.MIB
+# Upper bound of a wait for a migration to be streaming: the command
+# starts brokers and tunnels first, slowly on a busy machine.
+STREAMING_TIMEOUT = 300
 
 
 class SecmigMigrateTest(base.LabTestCase):
@@ -147,10 +150,12 @@ class SecmigMigrateTest(base.LabTestCase):
         self.boot(a, 'cli-kill')
         mark = self.mark(b, 'cli-kill')
         killed = []
+        done = threading.Event()
 
         def kill_when_streaming():
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and not killed:
+            deadline = time.monotonic() + STREAMING_TIMEOUT
+            while time.monotonic() < deadline and not killed and \
+                    not done.is_set():
                 dom = a.domain('cli-kill')
                 try:
                     stats = dom.jobStats() if dom is not None else {}
@@ -164,14 +169,23 @@ class SecmigMigrateTest(base.LabTestCase):
 
         killer = threading.Thread(target=kill_when_streaming, daemon=True)
         killer.start()
-        rc, summary = self.migrate(a, b, 'cli-kill', bandwidth=16)
-        killer.join(5)
+        try:
+            rc, summary = self.migrate(a, b, 'cli-kill', bandwidth=16)
+        finally:
+            done.set()
+        killer.join(30)
         self.assertTrue(killed, 'the source tunnel was never killed')
         self.assertEqual((1, 'failed'), (rc, summary['status']),
                          json.dumps(summary))
         self.assertTrue(summary['domain_running_on_source'])
-        self.assertEqual('failed', summary['results']['destination']
-                         ['status'])
+        # The destination tunnel fails on its peer's end if it sees it
+        # before the command, told by libvirt that the migration failed,
+        # stops it (SIGTERM: aborted); which comes first is a race. Either
+        # way it did not complete, and says so at its broker.
+        dst = summary['results']['destination']
+        self.assertIn(dst['status'], ('failed', 'aborted'),
+                      json.dumps(summary))
+        self.assertTrue(dst['recorded'], json.dumps(summary))
         self.assertStillOnSource('cli-kill', a, b, mark)
         self.assertNoTunnelLeft()
 
@@ -191,7 +205,7 @@ class SecmigMigrateTest(base.LabTestCase):
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env=self.lab.env)
         self.addCleanup(proc.kill)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + STREAMING_TIMEOUT
         sent = 0
         while time.monotonic() < deadline and proc.poll() is None:
             dom = a.domain('cli-int')

@@ -32,6 +32,13 @@ def _lab_cloud(the_lab, name):
         ca=types.SimpleNamespace(ca_file=the_lab.pki.trust(name)['ca_file']))
 
 
+# The brokers' deadline for their peer, and the command's for its brokers:
+# longer, so a broker answers by itself (peer_unavailable) before the
+# command gives up on it. Both generous for a busy machine.
+PEER_TIMEOUT = 10
+HOST_TIMEOUT = 30
+
+
 class RemoteBrokersTest(base.LabTestCase):
 
     @classmethod
@@ -51,7 +58,7 @@ class RemoteBrokersTest(base.LabTestCase):
                     conf, url=cls.rabbit.vhost(cloud))
                 cls.brokers[name] = broker_process.BrokerProcess(
                     cls.root, name, clouds[name], clouds[peer], cls.rabbit,
-                    cls.ks)
+                    cls.ks, rpc_timeout=PEER_TIMEOUT)
                 cls.brokers[name].start(rpcapi.BrokerAPI(
                     cls.transports[name], timeout=5))
         except BaseException:
@@ -73,7 +80,7 @@ class RemoteBrokersTest(base.LabTestCase):
                                         % (src.name, dst.name)),
             broker='remote',
             hosts={host.name: {'broker_transport_url': self.rabbit.vhost(
-                'lab-%s' % host.name), 'broker_timeout': 10}
+                'lab-%s' % host.name), 'broker_timeout': HOST_TIMEOUT}
                 for host in (src, dst)})
         rc, summary, err = self.lab.migrate_cli(src, dst, name, args=args,
                                                 conf=conf)

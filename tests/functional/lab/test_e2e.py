@@ -36,7 +36,9 @@ from tests.functional.lab import base
 from tests.functional import tunnel_harness as harness
 
 MIB = base.MIB
-MIGRATE_TIMEOUT = 120
+# libvirt's job is aborted after this (the lab's watchdog): generous, a
+# migration of these guests takes seconds.
+MIGRATE_TIMEOUT = 300
 # Offset in the TLS byte stream (source -> destination) of the flipped
 # byte: well after the handshake and the first guest pages, well before
 # the ~130 MiB of a migration are through.
@@ -369,15 +371,19 @@ class EndToEndTest(base.LabTestCase):
         uuids = {name: a.domain(name).UUIDString() for name in names}
         marks = {name: self.mark(b, name) for name in names}
         results, errors = {}, {}
+        # Both start migrating once both tunnel pairs are ready: setting up
+        # a pair (two tunnel processes) can take longer than a migration
+        # on a busy machine.
         go = threading.Barrier(len(names))
 
         def migrate(name):
             try:
-                go.wait(30)
                 results[name] = self.lab.migrate_secure(
-                    a, b, name, timeout=MIGRATE_TIMEOUT)
+                    a, b, name, timeout=MIGRATE_TIMEOUT,
+                    before_migrate=lambda _result: go.wait(MIGRATE_TIMEOUT))
             except Exception as e:  # noqa: reported below
                 errors[name] = e
+                go.abort()
 
         threads = [threading.Thread(target=migrate, args=(name,))
                    for name in names]

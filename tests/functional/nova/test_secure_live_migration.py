@@ -25,6 +25,9 @@ from secmig_nova.virt import migration
 from tests.functional.nova import secmig_world
 
 fakelibvirt = base.fakelibvirt
+# Upper bound (s) of the waits for the compute services' threads to finish a
+# migration: they end at the event, and run late on a busy machine.
+WAIT_TIMEOUT = 60
 
 
 class SecmigTestBase(base.LibvirtMigrationMixin, base.ServersTestBase,
@@ -92,8 +95,8 @@ class SecmigTestBase(base.LibvirtMigrationMixin, base.ServersTestBase,
         events = details['events']
         return [e for e in events if name is None or e['event'] == name]
 
-    def secmig_event(self):
-        for _ in range(50):
+    def secmig_event(self, timeout=WAIT_TIMEOUT):
+        for _ in range(int(timeout * 10)):
             found = self.events(driver.EVENT)
             if found and found[0]['finish_time']:
                 return found[0]
@@ -103,7 +106,7 @@ class SecmigTestBase(base.LibvirtMigrationMixin, base.ServersTestBase,
     def _wait(self, seconds):
         threading.Event().wait(seconds)
 
-    def wait_concluded(self, count, timeout=15):
+    def wait_concluded(self, count, timeout=WAIT_TIMEOUT):
         """Wait until ``count`` sides recorded their end at the broker."""
         for _ in range(int(timeout * 10)):
             if len(self.results) >= count:
@@ -111,7 +114,7 @@ class SecmigTestBase(base.LibvirtMigrationMixin, base.ServersTestBase,
             self._wait(0.1)
         self.fail('%d of %d sides concluded' % (len(self.results), count))
 
-    def assertTunnelsGone(self, timeout=15):
+    def assertTunnelsGone(self, timeout=WAIT_TIMEOUT):
         """Every tunnel stopped (the destination's may take a watch)."""
         for _ in range(int(timeout * 10)):
             if all(t.outcome is not None

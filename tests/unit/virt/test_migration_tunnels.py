@@ -51,8 +51,8 @@ class TestRealTunnels(testtools.TestCase):
             cloud_id='cloud-a', cert_file=cert, key_file=key,
             ca_file=self.pki.a.ca.ca_file, socket_dir=sockets,
             tunnel_port_min=52400, tunnel_port_max=52999,
-            checkpoint_bytes=256 * 1024, tunnel_ready_timeout=30.0,
-            tunnel_result_timeout=30.0)
+            checkpoint_bytes=256 * 1024, tunnel_ready_timeout=90.0,
+            tunnel_result_timeout=90.0)
         identity = migration.HostIdentity.load(settings, name)
         client = self.broker.host(name)
         return migration.SecureMigration(settings, identity, client)
