@@ -21,6 +21,12 @@ TRANSITIONS = {
 }
 
 
+# Times are epoch seconds in DOUBLE columns: a plain Float is MySQL's
+# single-precision FLOAT, which reads epoch times back rounded to six
+# significant digits (up to ~1.4 hours off), so registrations, grants and
+# replay entries expired at random on MariaDB.
+
+
 class Base(orm.DeclarativeBase):
     pass
 
@@ -49,10 +55,10 @@ class Migration(Base):
     ticket_jti = sa.Column(sa.String(64))
     grant_jti = sa.Column(sa.String(64))
     history = sa.Column(sa.JSON, nullable=False, default=list)
-    created_at = sa.Column(sa.Float, nullable=False)
-    updated_at = sa.Column(sa.Float, nullable=False)
-    expires_at = sa.Column(sa.Float)
-    granted_at = sa.Column(sa.Float, index=True)
+    created_at = sa.Column(sa.Double, nullable=False)
+    updated_at = sa.Column(sa.Double, nullable=False)
+    expires_at = sa.Column(sa.Double)
+    granted_at = sa.Column(sa.Double, index=True)
 
 
 class ReplayEntry(Base):
@@ -61,7 +67,7 @@ class ReplayEntry(Base):
     __tablename__ = 'secmig_replay'
 
     key = sa.Column(sa.String(255), primary_key=True)
-    expires_at = sa.Column(sa.Float, nullable=False, index=True)
+    expires_at = sa.Column(sa.Double, nullable=False, index=True)
 
 
 class Receipt(Base):
@@ -81,4 +87,4 @@ class Receipt(Base):
     signer = sa.Column(sa.String(255), nullable=False)
     token = sa.Column(sa.Text, nullable=False)
     sha256 = sa.Column(sa.String(64), nullable=False, unique=True)
-    created_at = sa.Column(sa.Float, nullable=False)
+    created_at = sa.Column(sa.Double, nullable=False)

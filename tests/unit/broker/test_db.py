@@ -33,7 +33,7 @@ class TestMigrations(DbTestCase):
             '/sub/', '/')))
         migration.sync(self.url)
         migration.sync(self.url)
-        self.assertEqual('0001', migration.version(self.url))
+        self.assertEqual('0002', migration.version(self.url))
         engine = sa.create_engine(self.url)
         self.addCleanup(engine.dispose)
         with engine.connect() as conn:
