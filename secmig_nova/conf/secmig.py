@@ -50,6 +50,16 @@ Optional PEM certificate revocation list issued by this cloud's CA. When set,
 a revoked host or broker certificate is refused; when the CRL is set but
 unreadable or not signed by the CA, everything is refused (fail closed).
 """),
+    cfg.DictOpt('peer_ca_files',
+                default={},
+                help="""
+Compute hosts only: the peer trust clouds this host live-migrates servers
+to and from, as ``<cloud-id>:<PEM CA bundle>`` pairs (the same CA files as
+the broker's ``[secmig_peer_<cloud-id>] ca_file``). A host learns which
+cloud the other host of a migration belongs to from its placement trait
+``CUSTOM_SECMIG_CLOUD_<CLOUD_ID>``; a host of a cloud not listed here (or
+this host's own) is refused. Empty: migrations stay within this cloud.
+"""),
 ]
 
 tunnel_opts = [

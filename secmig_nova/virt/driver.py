@@ -11,7 +11,9 @@ and calls ``super()``; the migration work itself is done by
     ``[libvirt] live_migration_tunnelled`` and QEMU native TLS.
 ``update_provider_tree``
     report the ``CUSTOM_SECMIG_TUNNEL`` trait, how the peer of a migration
-    learns that this host offers the tunnel.
+    learns that this host offers the tunnel, and
+    ``CUSTOM_SECMIG_CLOUD_<CLOUD_ID>``, how it learns which trust cloud
+    (broker, CA) this host belongs to.
 ``check_can_live_migrate_destination`` / ``check_can_live_migrate_source``
     enforcement (secmig_nova/virt/enforcement.py): a server that requires
     secmig is refused before anything moves when either host lacks it.
@@ -35,6 +37,7 @@ ACTIVE on its source host.
 
 import contextlib
 import json
+import re
 import threading
 
 from nova.compute import utils as compute_utils
@@ -57,6 +60,8 @@ CONF = nova.conf.CONF
 
 # Placement trait of a compute node that offers the secmig tunnel.
 TRAIT = 'CUSTOM_SECMIG_TUNNEL'
+# Prefix of the placement trait naming the node's trust cloud.
+CLOUD_TRAIT_PREFIX = 'CUSTOM_SECMIG_CLOUD_'
 # Instance action event of the secure part of a live migration (source).
 EVENT = 'compute_secmig_live_migration'
 # Seconds between the destination's checks of a migration it prepared a
@@ -66,6 +71,11 @@ EVENT = 'compute_secmig_live_migration'
 WATCH_INTERVAL = 2.0
 # nova migration statuses after which no stream can come any more.
 FAILED_STATUSES = ('failed', 'error', 'cancelled')
+
+
+def cloud_trait(cloud_id):
+    """The placement trait of the hosts of trust cloud ``cloud_id``."""
+    return CLOUD_TRAIT_PREFIX + re.sub('[^A-Z0-9_]', '_', cloud_id.upper())
 
 
 class SecureMigrationFailed(exception.MigrationError):
@@ -227,8 +237,14 @@ class SecureLibvirtDriver(libvirt_driver.LibvirtDriver):
                              allocations=None):
         super().update_provider_tree(provider_tree, nodename,
                                      allocations=allocations)
+        own = cloud_trait(CONF.secmig.cloud_id)
+        stale = [t for t in provider_tree.data(nodename).traits
+                 if t.startswith(CLOUD_TRAIT_PREFIX) and
+                 (t != own or self._secmig is None)]
+        if stale:
+            provider_tree.remove_traits(nodename, *stale)
         if self._secmig is not None:
-            provider_tree.add_traits(nodename, TRAIT)
+            provider_tree.add_traits(nodename, TRAIT, own)
         else:
             provider_tree.remove_traits(nodename, TRAIT)
 
@@ -265,6 +281,80 @@ class SecureLibvirtDriver(libvirt_driver.LibvirtDriver):
                         '%s', rp_uuids, e)
             return None
         return False
+
+    def _secmig_peer_clouds(self):
+        # {cloud_id: TrustStore} of [secmig] peer_ca_files (none: every
+        # other host must be in this host's own cloud).
+        return getattr(self._secmig, 'peer_stores', None) or {}
+
+    def _secmig_providers_cloud(self, context, rp_uuids):
+        """The peer trust cloud of the host owning these providers.
+
+        From its ``CUSTOM_SECMIG_CLOUD_*`` trait: None for this host's own
+        cloud (also for a host without the trait, an older driver), else
+        one of ``[secmig] peer_ca_files``. Not looked up without peers.
+
+        :raises SecureMigrationFailed: placement could not tell, or the
+            host belongs to a cloud this host has no trust store for.
+        """
+        peers = self._secmig_peer_clouds()
+        if not peers:
+            return None
+        try:
+            client = report.report_client_singleton()
+            traits = set()
+            for rp_uuid in rp_uuids:
+                if rp_uuid:
+                    traits |= set(client.get_provider_traits(
+                        context, rp_uuid).traits)
+        except Exception as e:  # noqa: any placement error: refuse
+            raise SecureMigrationFailed(reason=(
+                'could not read the trust cloud of resource providers %s '
+                'from placement: %s' % (rp_uuids, e)))
+        if cloud_trait(self._secmig.cloud_id) in traits:
+            return None
+        for cloud_id in sorted(peers):
+            if cloud_trait(cloud_id) in traits:
+                return cloud_id
+        unknown = sorted(t for t in traits
+                         if t.startswith(CLOUD_TRAIT_PREFIX))
+        if unknown:
+            raise SecureMigrationFailed(reason=(
+                'the other host belongs to trust cloud %s, which is neither '
+                'this host\'s cloud %s nor one of its [secmig] '
+                'peer_ca_files (%s)' % (
+                    unknown[0][len(CLOUD_TRAIT_PREFIX):],
+                    self._secmig.cloud_id, ', '.join(sorted(peers)))))
+        return None
+
+    def _secmig_source_cloud(self, context, instance):
+        """The source host's peer cloud (None: this host's own)."""
+        if not self._secmig_peer_clouds():
+            return None
+        try:
+            node = objects.ComputeNode.get_by_host_and_nodename(
+                context, instance.host, instance.node)
+        except exception.NotFound as e:
+            raise SecureMigrationFailed(reason=(
+                'source node of %s not found: %s' % (instance.uuid, e)))
+        return self._secmig_providers_cloud(context, [node.uuid])
+
+    def _secmig_destination_cloud(self, context, instance):
+        """The destination host's peer cloud (None: this host's own).
+
+        The server's own allocations are on the destination during a
+        live migration.
+        """
+        if not self._secmig_peer_clouds():
+            return None
+        try:
+            allocations = report.report_client_singleton() \
+                .get_allocations_for_consumer(context, instance.uuid)
+        except Exception as e:  # noqa: any placement error: refuse
+            raise SecureMigrationFailed(reason=(
+                'could not read the allocations of %s from placement: %s'
+                % (instance.uuid, e)))
+        return self._secmig_providers_cloud(context, list(allocations))
 
     def _secmig_destination_offers(self, context, instance):
         """Whether the host the server is moving to offers the tunnel.
@@ -392,9 +482,13 @@ class SecureLibvirtDriver(libvirt_driver.LibvirtDriver):
         streams = migration.stream_counts(
             CONF.libvirt.live_migration_parallel_connections, disks)
         try:
+            src_cloud = self._secmig_source_cloud(context, instance)
             mid = self._secmig_migration_id(context, instance, migrate_data)
-            incoming = self._secmig.prepare_destination(mid, instance.uuid,
-                                                        streams)
+            incoming = self._secmig.prepare_destination(
+                mid, instance.uuid, streams,
+                **({'src_cloud': src_cloud} if src_cloud else {}))
+        except SecureMigrationFailed:
+            raise
         except (migration.SecureMigrationError,
                 exception.MigrationError) as e:
             raise SecureMigrationFailed(reason=str(e))
@@ -520,13 +614,15 @@ class SecureLibvirtDriver(libvirt_driver.LibvirtDriver):
             raise SecureMigrationFailed(reason=decision.refusal)
         block = migrate_data.block_migration and bool(device_names)
         mid = migrate_data.migration.uuid
+        dst_cloud = self._secmig_destination_cloud(context, instance)
         try:
             streams = migration.stream_counts(
                 CONF.libvirt.live_migration_parallel_connections,
                 len(device_names) if block else 0)
             session = self._secmig.start_source(
                 mid, instance.uuid, dest, streams, user_id=context.user_id,
-                project_id=context.project_id)
+                project_id=context.project_id,
+                **({'dst_cloud': dst_cloud} if dst_cloud else {}))
         except migration.SecureMigrationError as e:
             raise SecureMigrationFailed(reason=str(e))
         with self._secmig_lock:

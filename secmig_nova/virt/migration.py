@@ -224,6 +224,22 @@ class HostIdentity:
         return cls(settings.cert_file, settings.key_file, credentials, own)
 
 
+def peer_stores_from_conf(conf):
+    """``{cloud_id: TrustStore}`` of ``[secmig] peer_ca_files``."""
+    stores = {}
+    for cloud_id, ca_file in sorted((conf.secmig.peer_ca_files or {}).items()):
+        if cloud_id == conf.secmig.cloud_id:
+            raise _config_error('[secmig] peer_ca_files names this host\'s '
+                                'own cloud %s', cloud_id)
+        try:
+            stores[cloud_id] = trust_store.TrustStore.load(cloud_id, ca_file)
+        except (trust_errors.TrustError, OSError, ValueError) as e:
+            raise _config_error('[secmig] peer_ca_files: cannot load the CA '
+                                'bundle %s of cloud %s: %s', ca_file,
+                                cloud_id, e)
+    return stores
+
+
 def _check_socket_dir(path):
     if not os.path.isdir(path):
         raise _config_error(
@@ -800,6 +816,7 @@ class SecureMigration:
     def from_conf(cls, conf, host=None, **kwargs):
         settings = Settings.from_conf(conf)
         identity = HostIdentity.load(settings, host)
+        kwargs.setdefault('peer_stores', peer_stores_from_conf(conf))
         client = host_client_from_conf(conf, identity.credentials)
         return cls(settings, identity, client, **kwargs)
 
