@@ -19,7 +19,9 @@ import testtools
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
-SCRIPTS = ['devstack/settings', 'devstack/lib/secmig', 'devstack/plugin.sh']
+SCRIPTS = ['devstack/settings', 'devstack/lib/secmig', 'devstack/plugin.sh',
+           'tools/cloud/cloud.sh', 'tools/cloud/install.sh',
+           'tools/cloud/configure-secmig.sh', 'tools/cloud/run-tests.sh']
 
 STUBS = r'''
 LOG="$TMP/calls.log"
@@ -38,6 +40,16 @@ get_or_add_user_project_role() { log_call get_or_add_user_project_role "$@"; }
 openstack() { log_call openstack "$@"; }
 run_process() { log_call run_process "$@"; }
 stop_process() { log_call stop_process "$@"; }
+iniget() {
+    "$VENV_BIN/python" - "$@" <<'PY'
+import configparser, sys
+path, section, key = sys.argv[1:4]
+cp = configparser.RawConfigParser()
+cp.optionxform = str
+cp.read(path)
+print(cp.get(section, key, fallback=''))
+PY
+}
 iniset() {
     "$VENV_BIN/python" - "$@" <<'PY'
 import configparser, os, sys
@@ -146,11 +158,45 @@ class TestDevstackPlugin(testtools.TestCase):
         self.assertEqual(ca, open(os.path.join(self.conf_dir, 'ca',
                                                'ca.crt')).read())
         with open(os.path.join(self.nova_dir, 'policy.yaml')) as f:
-            self.assertEqual(1, f.read().count('keystone_role:'))
+            policy = f.read()
+        self.assertEqual(2, policy.count('keystone_role:'))
+        for rule in ('migrate_live', 'migrate_live:host'):
+            self.assertEqual(1, policy.count(
+                '"os_compute_api:os-migrate-server:%s":' % rule))
         self.phase('unstack')
         self.assertIn('stop_process secmig-broker', self.calls())
         self.phase('clean')
         self.assertFalse(os.path.exists(self.conf_dir))
+
+    def test_peer_clouds(self):
+        """SECMIG_PEERS: broker peers, compute hosts' peer CA bundles."""
+        peer_ca = os.path.join(self.tmp, 'peer-ca.crt')
+        self.env.update(
+            SECMIG_PEERS='cloud-b|rabbit://u:p@192.0.2.20:5672/b|%s '
+                         'cloud-c|rabbit://u:p@192.0.2.30:5672/c|/c.crt'
+                         % peer_ca,
+            SECMIG_BROKER_TRANSPORT_URL='rabbit://u:p@192.0.2.10:5672/a')
+        for phase in ('install', 'post-config'):
+            self.phase('stack', phase)
+        broker = self.ini(os.path.join(self.conf_dir, 'broker.conf'))
+        self.assertEqual('cloud-b,cloud-c',
+                         broker.get('secmig_broker', 'peers'))
+        self.assertEqual('rabbit://u:p@192.0.2.20:5672/b',
+                         broker.get('secmig_peer_cloud-b', 'transport_url'))
+        self.assertEqual(peer_ca,
+                         broker.get('secmig_peer_cloud-b', 'ca_file'))
+        self.assertEqual('*', broker.get('secmig_peer_cloud-c',
+                                         'allowed_projects'))
+        nova = self.ini(os.path.join(self.nova_dir, 'nova-cpu.conf'))
+        self.assertEqual('cloud-b:%s,cloud-c:/c.crt' % peer_ca,
+                         nova.get('secmig', 'peer_ca_files'))
+        self.assertEqual('rabbit://u:p@192.0.2.10:5672/a',
+                         nova.get('secmig', 'broker_transport_url'))
+        # A second stack does not list a peer twice.
+        self.phase('stack', 'post-config')
+        broker = self.ini(os.path.join(self.conf_dir, 'broker.conf'))
+        self.assertEqual('cloud-b,cloud-c',
+                         broker.get('secmig_broker', 'peers'))
 
     def test_shellcheck(self):
         if shutil.which('shellcheck') is None:
