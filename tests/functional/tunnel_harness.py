@@ -104,11 +104,19 @@ class FakeDestinationQemu:
 class FakeSourceQemu:
     """Connects to the source tunnel's socket, streams data, reads back."""
 
-    def __init__(self, path, data, chunk=256 * 1024, pace=None):
+    def __init__(self, path, data, chunk=256 * 1024, pace=None,
+                 hold_at=None, hold=None):
+        """Stream ``data`` in ``chunk``-sized writes.
+
+        ``hold_at``/``hold``: after ``hold_at`` bytes (a multiple of
+        ``chunk``), wait for the ``hold`` event before sending the rest.
+        """
         self.path = path
         self.data = data
         self.chunk = chunk
         self.pace = pace
+        self.hold_at = hold_at
+        self.hold = hold
         self.returned = bytearray()
         self.error = None
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -123,6 +131,8 @@ class FakeSourceQemu:
             reader.start()
             view = memoryview(self.data)
             for i in range(0, len(view), self.chunk):
+                if self.hold is not None and i == self.hold_at:
+                    self.hold.wait(TIMEOUT)
                 sock.sendall(view[i:i + self.chunk])
                 if self.pace:
                     time.sleep(self.pace)
@@ -306,6 +316,35 @@ class TunnelTestCase(testtools.TestCase):
         if status:
             self.assertEqual(status, outcome['status'])
         return outcome
+
+    def assertRefusedPreauth(self, proc, reason, authorized=0, **fields):
+        """The destination ``proc`` refused a connection before authorizing it.
+
+        Such a refusal never ends the tunnel nor becomes its reason: wait
+        for the ``refused`` event, stop the tunnel, and find the refusal
+        in the outcome's ``refused`` counts and records (with ``fields``)
+        and its message, beside the tunnel's own status (stopped).
+        :returns: ``(outcome, record)``.
+        """
+        event = proc.wait_event(
+            lambda e: e.get('event') == 'refused' and
+            e.get('reason') == reason, TIMEOUT)
+        self.assertIsNotNone(event, 'no refused event for %s: %s\n%s' % (
+            reason, list(proc.events), proc.stderr[-3000:]))
+        rc, outcome = proc.terminate(TIMEOUT)
+        self.assertIsNotNone(outcome, proc.stderr[-3000:])
+        detail = '%s\nstderr:\n%s' % (outcome, proc.stderr[-3000:])
+        self.assertNotEqual(0, rc, detail)
+        self.assertEqual('aborted', outcome['status'], detail)
+        self.assertEqual('terminated', outcome['reason'], detail)
+        self.assertEqual(authorized, len(outcome['connections']), detail)
+        self.assertGreaterEqual(outcome['refused'].get(reason, 0), 1, detail)
+        self.assertIn('%s x' % reason, outcome['message'])
+        record = [r for r in outcome['refused_connections']
+                  if r['reason'] == reason][0]
+        for name, value in fields.items():
+            self.assertEqual(value, record.get(name), detail)
+        return outcome, record
 
     def assertCompleted(self, proc):
         rc, outcome = proc.wait(TIMEOUT)
