@@ -254,7 +254,10 @@ class TestPreauthCap(ListeningPortTestCase):
         The real source connects in the middle of the flood and completes;
         every idle connection is closed, at the cap (evicted) or by the
         handshake deadline, and counted; the log has a bounded number of
-        lines about them.
+        lines about them. Three hosts of the source cloud that complete the
+        TLS handshake and never send HELLO are not evicted by the flood
+        (handshake-stage connections go first) and are closed by the HELLO
+        deadline, with an ABORT saying so.
         """
         dst, src, endpoint = self.start_pair(dst={
             'expect_connections': None, 'handshake_timeout': 4.0,
@@ -263,6 +266,11 @@ class TestPreauthCap(ListeningPortTestCase):
         self.addCleanup(qemu_dst.close)
         idle = [self.connect(endpoint, '127.0.0.2')
                 for _ in range(self.IDLE // 2)]
+        no_hello = [self.raw_client(endpoint, host='host-a2',
+                                    source_address='127.0.0.3')
+                    for _ in range(3)]
+        for sock in no_hello:
+            self.addCleanup(sock.close)
         data = os.urandom(STREAM)
         feeder = harness.FakeSourceQemu(self.src_sock, data, chunk=CHUNK)
         idle += [self.connect(endpoint, '127.0.0.2')
@@ -281,20 +289,28 @@ class TestPreauthCap(ListeningPortTestCase):
                 self.assertClosedByPeer(sock)
                 open_.remove(sock)
         self.assertEqual([], open_, 'idle connections left open')
+        for sock in no_hello:
+            sock.settimeout(harness.TIMEOUT)
+            ftype, payload = self.read_frame(sock)
+            self.assertEqual(frames.FrameType.ABORT, ftype)
+            self.assertEqual('timeout',
+                             frames.pull_abort(payload).code.reason)
         rc, dst_out = dst.terminate(harness.TIMEOUT)
         detail = '%s\n%s' % (dst_out, dst.stderr[-3000:])
         self.assertEqual(0, rc, detail)
         self.assertEqual('completed', dst_out['status'], detail)
         self.assertEqual([(len(data), _sha(data))], qemu_dst.wait())
         refused = dst_out['refused']
-        self.assertEqual(self.IDLE, sum(refused.values()), detail)
+        self.assertEqual(self.IDLE + len(no_hello), sum(refused.values()),
+                         detail)
         self.assertEqual({'preauth_evicted', 'timeout'}, set(refused),
                          detail)
         # At most CAP were held at once: the others were evicted; the
         # ones still held were closed by the handshake deadline.
         self.assertGreaterEqual(refused['preauth_evicted'],
                                 self.IDLE - self.CAP, detail)
-        self.assertGreaterEqual(refused['timeout'], 1, detail)
+        self.assertGreaterEqual(refused['timeout'], 1 + len(no_hello),
+                                detail)
         self.assertEqual(10, len(dst_out['refused_connections']))
         lines = [line for line in dst.stderr.splitlines()
                  if 'before authorization' in line]

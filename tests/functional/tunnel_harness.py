@@ -360,7 +360,7 @@ class TunnelTestCase(testtools.TestCase):
     # -- a raw source, to probe the destination's own checks ------------
 
     def raw_client(self, endpoint, cloud='a', host='host-a', tls12=False,
-                   host_files=None):
+                   host_files=None, source_address=None):
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
@@ -369,7 +369,9 @@ class TunnelTestCase(testtools.TestCase):
         files = host_files or getattr(self.pki, cloud).hosts[host]
         ctx.load_cert_chain(*files)
         h, port = endpoint.rsplit(':', 1)
-        raw = socket.create_connection((h, int(port)), timeout=10)
+        raw = socket.create_connection(
+            (h, int(port)), timeout=10,
+            source_address=(source_address, 0) if source_address else None)
         return ctx.wrap_socket(raw)
 
     def hello(self, grant, index=0, kind='memory', migration_id='mig-1'):
