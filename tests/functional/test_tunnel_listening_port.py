@@ -243,6 +243,32 @@ class TestAttacksBeforeAndMidStream(ListeningPortTestCase):
         self._abort_before_hello(False)
 
 
+class TestOutcomeAfterRefusals(ListeningPortTestCase):
+
+    def test_deadline_after_refusals_names_them(self):
+        """A deadline without authorization: timeout, refusals named.
+
+        The destination fails with its own reason, not the refused
+        peer's, and its message names what it refused.
+        """
+        dst, endpoint = self.start_destination(deadline=3.0)
+        sock = self.raw_client(endpoint, host='host-a2')
+        sock.sendall(self.hello(self.pki.grant(endpoint)))
+        self.assertEqual(frames.FrameType.ABORT, self.read_frame(sock)[0])
+        sock.close()
+        rc, out = dst.wait(harness.TIMEOUT)
+        self.assertNotEqual(0, rc, out)
+        self.assertEqual(('failed', 'timeout'), (out['status'],
+                                                 out['reason']), out)
+        self.assertEqual({'fingerprint_mismatch': 1}, out['refused'])
+        self.assertEqual([], out['connections'])
+        self.assertIn('migration did not complete within 3 s; no connection '
+                      'was authorized; 1 connection(s) refused before '
+                      'authorization (fingerprint_mismatch x1); first: '
+                      'fingerprint_mismatch: peer certificate '
+                      'urn:secmig:cloud-a:host:host-a2', out['message'])
+
+
 class TestPreauthCap(ListeningPortTestCase):
 
     IDLE = 200
@@ -316,6 +342,8 @@ class TestPreauthCap(ListeningPortTestCase):
                  if 'before authorization' in line]
         # A few per reason, then summaries: not one per connection.
         self.assertLessEqual(len(lines), 10, '\n'.join(lines))
+        # Nor any other line per connection: the whole log stays short.
+        self.assertLess(len(dst.stderr.splitlines()), 40, dst.stderr)
 
 
 def _sha(data):
