@@ -40,6 +40,9 @@ LOG = logging.getLogger(__name__)
 
 ACCEPT_POLL = 0.2
 ACCEPT_BATCH = 64
+# Pause after accept() failed (e.g. EMFILE), so a listener that stays
+# readable does not spin.
+ACCEPT_BACKOFF = 0.05
 # Listen backlog of the destination's TCP port: room for the real source's
 # connections beside a burst of others.
 TCP_BACKLOG = 128
@@ -400,6 +403,10 @@ class Endpoint:
     def _tick(self):
         """Called about every ACCEPT_POLL seconds by the accept loop."""
 
+    def _accept_failed(self, error):
+        LOG.warning('%s tunnel of migration %s: accept failed: %s',
+                    self.side, self.params.migration_id, error)
+
     def _wait_threads(self, timeout):
         deadline = time.monotonic() + timeout
         for thread in list(self._threads):
@@ -431,6 +438,12 @@ class Endpoint:
                     try:
                         conn, addr = item[0].accept()
                     except BlockingIOError:
+                        break
+                    except OSError as e:
+                        # Out of descriptors or memory, or the peer gave
+                        # up in the backlog: never the end of the tunnel.
+                        self._accept_failed(e)
+                        time.sleep(ACCEPT_BACKOFF)
                         break
                     on_accept(item, conn, addr)
             self._tick()
@@ -705,6 +718,11 @@ class DestinationEndpoint(Endpoint):
 
     def _tick(self):
         self.tally.tick()
+
+    def _accept_failed(self, error):
+        # Anyone can make this happen: counted and rate-limited.
+        self.tally.refused('%s destination' % self.params.migration_id,
+                           'resources_exhausted', str(error))
 
     def _outcome_extra(self, out, results):
         """Refusals before authorization: counts and the first records.

@@ -2,13 +2,17 @@
 escaping of peer text (secmig_nova.tunnel.preauth, errors.peer_text).
 """
 
+import errno
 import socket
 
 import testtools
 
+from secmig_nova.tunnel import endpoint
 from secmig_nova.tunnel import errors
 from secmig_nova.tunnel import frames
+from secmig_nova.tunnel import params
 from secmig_nova.tunnel import preauth
+from tests.fixtures import pki as pki_fixture
 
 
 class PeerTextTest(testtools.TestCase):
@@ -240,3 +244,47 @@ class GateTest(testtools.TestCase):
         self.assertEqual(0, len(self.gate))
         for peer in peers:
             self.assertShutDown(peer)
+
+
+class FailingListener:
+    """A readable listener whose accept() fails with EMFILE, then stops."""
+
+    def __init__(self, test, endpoint_):
+        self.readable, self.other = socket.socketpair()
+        test.addCleanup(self.readable.close)
+        test.addCleanup(self.other.close)
+        self.other.sendall(b'x')
+        self.endpoint = endpoint_
+        self.calls = 0
+
+    def fileno(self):
+        return self.readable.fileno()
+
+    def accept(self):
+        self.calls += 1
+        if self.calls > 3:
+            self.endpoint.terminate('test over')
+            raise BlockingIOError()
+        raise OSError(errno.EMFILE, 'Too many open files')
+
+
+class AcceptFailureTest(testtools.TestCase):
+
+    def test_accept_failure_is_counted_not_the_end(self):
+        pki = pki_fixture.get()
+        cert_file, key_file = pki.b.hosts['host-b']
+        dst = endpoint.DestinationEndpoint(params.from_dict({
+            'side': 'destination', 'migration_id': 'mig-1',
+            'cloud_id': 'cloud-b', 'cert_file': cert_file,
+            'key_file': key_file, 'ca_file': pki.b.ca.ca_file,
+            'peer': pki.a.trust(), 'sockets': {'memory': '/nonexistent'},
+            'deadline': 30.0}, environ={}))
+        listener = FailingListener(self, dst)
+        dst._accept_loop([(listener,)], lambda *a: self.fail('accepted'))
+        out = dst.outcome()
+        self.assertEqual(4, listener.calls)
+        self.assertEqual({'resources_exhausted': 3}, out['refused'])
+        # The tunnel ran on until stopped.
+        self.assertEqual(('aborted', 'test over'),
+                         (out['status'], out['reason']))
+        self.assertIn('Too many open files', out['message'])
