@@ -556,7 +556,7 @@ class SourceEndpoint(Endpoint):
                           'reason': error.reason, 'label': label}, error)
             return
         LOG.info('%s: QEMU connected, opening TLS to %s', label,
-                 self.grant.dst_endpoint)
+                 errors.peer_text(self.grant.dst_endpoint))
         self._spawn(self._serve_connection, label,
                     lambda socks, _stream: self._setup(socks, qemu, kind,
                                                        index),
