@@ -116,11 +116,13 @@ class TestRoundTrip(harness.TunnelTestCase):
     def test_destination_qemu_socket_appears_late(self):
         # The destination waits up to local_endpoint_timeout for its QEMU's
         # socket: long here, so the socket is late but never too late.
-        dst, src, _ = self.start_pair(dst={'local_endpoint_timeout': 60.0})
+        dst, src, _ = self.start_pair(dst={'local_endpoint_timeout': 60.0},
+                                      dst_debug=True)
         data = os.urandom(200000)
         feeder = harness.FakeSourceQemu(self.src_sock, data)
         # The connection reached the destination, which looks for its QEMU
         # once the handshake and HELLO are through; the socket comes later.
+        # (The destination logs each accepted connection at debug level.)
         harness.wait_for(lambda: 'connection from' in dst.stderr,
                          'the destination accepted the connection')
         time.sleep(0.7)

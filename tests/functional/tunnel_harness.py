@@ -313,18 +313,20 @@ class TunnelTestCase(testtools.TestCase):
         params.update(over)
         return params
 
-    def start(self, params, env=None):
-        proc = process.TunnelProcess(params, env=env)
+    def start(self, params, env=None, debug=False):
+        proc = process.TunnelProcess(params, env=env, debug=debug)
         self.procs.append(proc)
         return proc
 
-    def start_destination(self, **over):
-        proc = self.start(self.dst_params(**over))
+    def start_destination(self, debug=False, **over):
+        proc = self.start(self.dst_params(**over), debug=debug)
         ready = proc.wait_ready(TIMEOUT)
         return proc, ready['endpoint']
 
-    def start_pair(self, grant_kwargs=None, dst=None, src=None, env=None):
-        dst_proc, endpoint = self.start_destination(**(dst or {}))
+    def start_pair(self, grant_kwargs=None, dst=None, src=None, env=None,
+                   dst_debug=False):
+        dst_proc, endpoint = self.start_destination(debug=dst_debug,
+                                                    **(dst or {}))
         grant = self.pki.grant(endpoint, **(grant_kwargs or {}))
         src_proc = self.start(self.src_params(grant, **(src or {})), env=env)
         src_proc.wait_ready(TIMEOUT)
