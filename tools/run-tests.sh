@@ -6,6 +6,9 @@
 # started by the tests' fixtures). Prints how long each step and suite
 # took, and ends with one line "N passed, N failed, N skipped" summed over
 # the suites' stestr results, then a "FAILED: <test id>" line per failure.
+# The cloud suite brings up a real OpenStack on this machine (MariaDB,
+# RabbitMQ, Keystone, Placement, Glance, neutron, nova with two
+# nova-computes on the lab's libvirt hosts) and tears it down.
 #
 # Usage: tools/run-tests.sh [SUITE] [stestr args]
 #
@@ -13,6 +16,8 @@
 #   main        secmig-nova's own tests: unit, functional, the lab
 #   functional  ours inside nova's functional framework (tests/functional/nova)
 #   peer        nova's live-migration tests with the driver (tests/nova_peer)
+#   cloud       `openstack server ...` on the real cloud (tests/functional/cloud,
+#               through tools/cloud/run-tests.sh)
 #   prepare     only install, set up and lint
 #
 # stestr args apply to the main suite (all, main) or to the nova suite
@@ -22,9 +27,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 suite=all
 case ${1:-} in
-    all|main|functional|peer|prepare) suite=$1; shift ;;
+    all|main|functional|peer|cloud|prepare) suite=$1; shift ;;
     -*|'') ;;
-    *) echo "usage: $0 [all|main|functional|peer|prepare] [stestr args]" >&2
+    *) echo "usage: $0 [all|main|functional|peer|cloud|prepare] [stestr args]" >&2
        exit 2 ;;
 esac
 
@@ -57,7 +62,8 @@ run_main() {
     # nova's test framework (tests/functional/nova) patch the whole
     # process: they run apart, through tools/run-nova-peer-tests.sh.
     .venv/bin/python -m stestr --test-path ./tests run \
-        --exclude-regex '^tests\.(nova_peer|functional\.nova)\.' "$@"
+        --exclude-regex '^tests\.(nova_peer|functional\.(nova|cloud))\.' \
+        "$@"
     local rc=$?
     .venv/bin/python tools/test_summary.py --add-to "$totals" || rc=1
     return "$rc"
@@ -68,7 +74,9 @@ case $suite in
     all)
         step main run_main "$@" || rc=1
         bash tools/run-nova-peer-tests.sh all || rc=1
+        step cloud bash tools/cloud/run-tests.sh || rc=1
         ;;
+    cloud) step cloud bash tools/cloud/run-tests.sh "$@" || rc=1 ;;
     main) step main run_main "$@" || rc=1 ;;
     functional|peer) bash tools/run-nova-peer-tests.sh "$suite" "$@" || rc=1 ;;
 esac

@@ -17,11 +17,11 @@
 # Environment: SECMIG_STRESS_HOGS (2), SECMIG_STRESS_LIMIT (9000 * N s).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
-usage() { echo "usage: $0 N [all|main|functional|peer]" >&2; exit 2; }
+usage() { echo "usage: $0 N [all|main|functional|peer|cloud]" >&2; exit 2; }
 [[ ${1:-} =~ ^[1-9][0-9]*$ ]] || usage
 runs=$1
 suite=${2:-all}
-case $suite in all|main|functional|peer) ;; *) usage ;; esac
+case $suite in all|main|functional|peer|cloud) ;; *) usage ;; esac
 hogs=${SECMIG_STRESS_HOGS:-2}
 limit=${SECMIG_STRESS_LIMIT:-$((9000 * runs))}
 [[ $hogs =~ ^[0-9]+$ && $limit =~ ^[1-9][0-9]*$ ]] || usage

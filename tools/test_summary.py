@@ -6,6 +6,7 @@ skipped test is never counted as passing (a component that cannot start
 must fail the test with the reason, not skip it).
 
     test_summary.py [--add-to FILE]     # also add the counts to FILE
+                    [--repo-url URL]    # that stestr repository's last run
     test_summary.py --total FILE        # print the sum of FILE's counts,
                                         # then "FAILED: <test id>" lines
 
@@ -23,10 +24,12 @@ import subunit
 import testtools
 
 
-def last_run():
-    stream = subprocess.run(
-        [sys.executable, '-m', 'stestr', 'last', '--subunit'],
-        capture_output=True, check=True).stdout
+def last_run(repo_url=None):
+    stestr = [sys.executable, '-m', 'stestr']
+    if repo_url:
+        stestr += ['--repo-url', repo_url]
+    stream = subprocess.run(stestr + ['last', '--subunit'],
+                            capture_output=True, check=True).stdout
     case = subunit.ByteStreamToStreamResult(io.BytesIO(stream),
                                             non_subunit_name='stdout')
     summary = testtools.StreamSummary()
@@ -59,6 +62,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument('--add-to')
     parser.add_argument('--total')
+    parser.add_argument('--repo-url', help='the stestr repository (default: '
+                        'the one of the current directory)')
     args = parser.parse_args()
     if args.total:
         total = {'passed': 0, 'failed': 0, 'skipped': 0, 'runs': 0}
@@ -75,7 +80,7 @@ def main():
         for test_id in failed_tests:
             print('FAILED: %s' % test_id)
         return 0 if ok(total) else 1
-    counts = last_run()
+    counts = last_run(args.repo_url)
     print(line(counts))
     if args.add_to:
         with open(args.add_to, 'a') as f:

@@ -5,10 +5,13 @@ Usage::
     secmig-tunnel --params params.json      # or --params - for stdin
                   [--config-file /etc/nova/nova.conf] [--debug]
 
-Standard output carries exactly two JSON lines: ``{"event": "ready", ...}``
-once listening (the source's socket paths or the destination's endpoint) and
+Standard output carries JSON lines: ``{"event": "ready", ...}`` once
+listening (the source's socket paths or the destination's endpoint) and
 ``{"event": "outcome", ...}`` at the end (status, reason, per-connection
-bytes, digests and receipts). Logs go to standard error through oslo.log.
+bytes, digests and receipts); in between, the destination may print
+``refused`` and ``refused_summary`` events for connections refused before
+authorization, as rate-limited as their log lines (a reader ignores events
+it does not know). Logs go to standard error through oslo.log.
 Exit status: 0 completed, 1 refused/failed/aborted, 2 bad parameters.
 
 This module imports nothing that loads OpenSSL at import time: Python 3.11
@@ -24,6 +27,7 @@ import resource
 import signal
 import sys
 import tempfile
+import threading
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -33,9 +37,14 @@ _SIDE_CLASSES = {'source': 'SourceEndpoint',
                  'destination': 'DestinationEndpoint'}
 
 
+_EMIT_LOCK = threading.Lock()
+
+
 def _emit(obj):
-    sys.stdout.write(json.dumps(obj, sort_keys=True) + '\n')
-    sys.stdout.flush()
+    # Connection threads emit events: one line at a time.
+    with _EMIT_LOCK:
+        sys.stdout.write(json.dumps(obj, sort_keys=True) + '\n')
+        sys.stdout.flush()
 
 
 def _read_params(path):
@@ -143,7 +152,9 @@ def _run(raw, args):
 
     side = None
     try:
-        side = getattr(endpoint, _SIDE_CLASSES[params.side])(params)
+        side = getattr(endpoint, _SIDE_CLASSES[params.side])(
+            params, on_event=lambda event: _emit(dict(
+                event, side=params.side, migration_id=params.migration_id)))
         listening = side.listen()
     except errors.TunnelError as e:
         if side is not None:

@@ -5,6 +5,9 @@ from oslo_config import cfg
 from secmig_nova.tunnel import tls_conf
 
 GROUP_NAME = 'secmig'
+# Upper bound of tunnel_max_preauth_connections: each unauthenticated
+# connection holds a thread and two file descriptors in the tunnel process.
+MAX_PREAUTH_CONNECTIONS = 1024
 
 secmig_group = cfg.OptGroup(
     GROUP_NAME,
@@ -104,6 +107,21 @@ with an equal digest; a mismatch aborts the migration.
                  help="""
 Seconds allowed for connecting to the peer, the TLS handshake and the
 HELLO/HELLO_OK exchange of one tunnel connection.
+"""),
+    cfg.IntOpt('tunnel_max_preauth_connections',
+               default=32,
+               min=1,
+               max=MAX_PREAUTH_CONNECTIONS,
+               help="""
+Most connections the destination tunnel holds at once before their peer is
+authorized (TLS handshake with a certificate of the source cloud, then a
+HELLO with a valid grant for the migration). Anyone who can reach the tunnel
+port can open such connections; at this limit a new connection still gets in
+and an older unauthenticated one is closed: one still in the TLS handshake
+before one that completed it, from the peer address holding the most, oldest
+first. Such connections never affect the migration: they are counted per
+reason, logged rate-limited and listed in the tunnel's outcome. Each must
+complete the handshake and HELLO within ``handshake_timeout``.
 """),
     cfg.FloatOpt('local_endpoint_timeout',
                  default=10.0,

@@ -7,9 +7,14 @@ index in HELLO). :class:`DestinationEndpoint` listens on a TCP port from the
 configured range, verifies the peer certificate, HELLO and the grant, and only
 then connects to the local QEMU socket.
 
-Both fail closed: the first refused or failed connection aborts every other
-connection of the migration, so QEMU's migration fails and the guest keeps
-running on the source host.
+Both fail closed: the first refused or failed connection of the migration
+aborts every other one, so QEMU's migration fails and the guest keeps
+running on the source host. On the destination, a connection is the
+migration's only once its peer completed the TLS handshake and presented a
+HELLO that passes the grant checks (:meth:`DestinationEndpoint._authorize`);
+anything refused before that is closed, counted and logged rate-limited
+(secmig_nova/tunnel/preauth.py) and never touches the migration, since
+anyone who can reach the port can open a connection.
 """
 
 import os
@@ -28,11 +33,19 @@ from secmig_nova.trust import store as trust_store
 from secmig_nova.tunnel import connection
 from secmig_nova.tunnel import errors
 from secmig_nova.tunnel import frames
+from secmig_nova.tunnel import preauth
 from secmig_nova.tunnel import tls
 
 LOG = logging.getLogger(__name__)
 
 ACCEPT_POLL = 0.2
+ACCEPT_BATCH = 64
+# Pause after accept() failed (e.g. EMFILE), so a listener that stays
+# readable does not spin.
+ACCEPT_BACKOFF = 0.05
+# Listen backlog of the destination's TCP port: room for the real source's
+# connections beside a burst of others.
+TCP_BACKLOG = 128
 ABORT_LINGER = 1.0
 
 
@@ -67,9 +80,12 @@ class Endpoint:
 
     side = None
 
-    def __init__(self, params, clock=time.time):
+    def __init__(self, params, clock=time.time, on_event=None):
         self.params = params
         self.clock = clock
+        # Called with a dict for events the caller may print (the tunnel
+        # process prints them as JSON lines on standard output).
+        self.on_event = on_event
         self.control = Control()
         self._lock = threading.Lock()
         self.results = []
@@ -125,15 +141,24 @@ class Endpoint:
                 self.failure = error
         self.control.stop(error.reason)
 
-    def _spawn(self, target, *args):
+    def _spawn(self, target, *args, counted=True):
+        """Run a connection thread.
+
+        ``counted``: the connection is the migration's from the start (it
+        counts in :attr:`active` until :meth:`_finished`); a destination
+        connection counts only once authorized.
+        """
         thread = threading.Thread(target=target, args=args, daemon=True)
         with self._lock:
-            self.active += 1
+            if counted:
+                self.active += 1
+            # Under a flood of refused connections the list must not grow.
+            self._threads = [t for t in self._threads if t.is_alive()]
             self._threads.append(thread)
         thread.start()
 
     def _finished(self, result, error=None):
-        """A connection thread ended (see :meth:`_spawn`)."""
+        """A counted connection thread ended (see :meth:`_spawn`)."""
         with self._lock:
             self.active -= 1
         self._record(result, error)
@@ -155,7 +180,8 @@ class Endpoint:
             return self.active == 0 and all(
                 self.completed.get(k, 0) >= n for k, n in expect.items())
 
-    def _serve_connection(self, label, setup, kind=None, index=None):
+    def _serve_connection(self, label, setup, kind=None, index=None,
+                          slot=None):
         """Run ``setup`` (handshake, HELLO) then the pump; record result.
 
         ``setup(socks, stream)`` stores every socket it opens in ``socks``
@@ -165,10 +191,17 @@ class Endpoint:
         (the destination learns them from HELLO), so that the record of a
         connection refused before the pump still names its stream.
         ``label`` names the connection in the log and in the record.
+
+        ``slot`` (destination): the connection's place in the pre-auth
+        :class:`preauth.Gate`; until ``setup`` sets ``stream['authorized']``
+        whatever ends the connection is a refusal of an unauthenticated
+        peer (see :meth:`_refused_preauth`), not the migration's.
         """
         conn = None
         socks = {}
-        stream = {'kind': kind, 'index': index}
+        stream = {'kind': kind, 'index': index,
+                  'authorized': slot is None}
+        refusal = None
         try:
             info = setup(socks, stream)
             conn = connection.Connection(
@@ -187,14 +220,24 @@ class Endpoint:
                      result['dst_to_src']['bytes'])
             self._finished(result)
         except errors.TunnelError as e:
+            if not stream['authorized']:
+                refusal = self._refused_preauth(label, slot, socks, stream,
+                                                e)
+                return
             self._log_error(label, e)
             if socks.get('tls') is not None:
                 self._close_failed(socks['tls'], e)
             self._finished(self._failed_record(
                 conn, label, stream, errors.status_of(e), e), e)
         except Exception as e:  # noqa: broad on purpose: fail closed
-            LOG.exception('%s: internal error', label)
             err = errors.TunnelError('internal_error', repr(e))
+            if not stream['authorized']:
+                LOG.debug('%s: internal error before authorization', label,
+                          exc_info=True)
+                refusal = self._refused_preauth(label, slot, socks, stream,
+                                                err)
+                return
+            LOG.exception('%s: internal error', label)
             if socks.get('tls') is not None:
                 self._close_failed(socks['tls'], err)
             self._finished(self._failed_record(conn, label, stream,
@@ -205,6 +248,10 @@ class Endpoint:
                     sock.close()
                 except OSError:
                     pass
+            if refusal is not None:
+                # Counted and logged out of the except clause: the log
+                # line is the tally's own, without the exception appended.
+                self.tally.refused(*refusal[0], **refusal[1])
 
     @staticmethod
     def _failed_record(conn, label, stream, status, error):
@@ -268,7 +315,7 @@ class Endpoint:
         if grant.migration_id != self.params.migration_id:
             raise errors.TunnelError(
                 'grant_wrong_migration', 'grant is for migration %s, this '
-                'tunnel serves %s' % (grant.migration_id,
+                'tunnel serves %s' % (errors.peer_text(grant.migration_id),
                                       self.params.migration_id))
         return grant
 
@@ -313,6 +360,16 @@ class Endpoint:
                     'opening exchange', notify_peer=False)
             decoder.commit(n)
 
+    def _refused_preauth(self, label, slot, socks, stream, error):
+        """Overridden by the destination; the source has no pre-auth."""
+        raise NotImplementedError
+
+    def _close_preauth(self):
+        """The tunnel is ending: close unauthenticated connections."""
+
+    def _outcome_extra(self, out, results):
+        """Side-specific additions to the outcome."""
+
     def outcome(self):
         with self._lock:
             results = list(self.results)
@@ -340,7 +397,15 @@ class Endpoint:
             out['reason'] = self.control.stop_reason or 'terminated'
             out['message'] = 'stopped before any connection completed' \
                 if not results else 'stopped'
+        self._outcome_extra(out, results)
         return out
+
+    def _tick(self):
+        """Called about every ACCEPT_POLL seconds by the accept loop."""
+
+    def _accept_failed(self, error):
+        LOG.warning('%s tunnel of migration %s: accept failed: %s',
+                    self.side, self.params.migration_id, error)
 
     def _wait_threads(self, timeout):
         deadline = time.monotonic() + timeout
@@ -366,11 +431,23 @@ class Endpoint:
                 break
             for fd, _ev in poller.poll(ACCEPT_POLL * 1000):
                 item = by_fd[fd]
-                try:
-                    conn, addr = item[0].accept()
-                except BlockingIOError:
-                    continue
-                on_accept(item, conn, addr)
+                # Drain the backlog (bounded, to look at the stop state
+                # again), so a flood does not leave the real peer waiting
+                # in it.
+                for _ in range(ACCEPT_BATCH):
+                    try:
+                        conn, addr = item[0].accept()
+                    except BlockingIOError:
+                        break
+                    except OSError as e:
+                        # Out of descriptors or memory, or the peer gave
+                        # up in the backlog: never the end of the tunnel.
+                        self._accept_failed(e)
+                        time.sleep(ACCEPT_BACKOFF)
+                        break
+                    on_accept(item, conn, addr)
+            self._tick()
+        self._close_preauth()
         # Closing connections may finish within the grace period.
         grace = self.params.termination_grace + self.params.handshake_timeout
         self._wait_threads(grace + 2.0)
@@ -381,8 +458,8 @@ class SourceEndpoint(Endpoint):
 
     side = 'source'
 
-    def __init__(self, params, clock=time.time):
-        super().__init__(params, clock)
+    def __init__(self, params, clock=time.time, on_event=None):
+        super().__init__(params, clock, on_event)
         self.grant = self._check_grant()
         self._listeners = []
         self._counts = {}
@@ -479,7 +556,7 @@ class SourceEndpoint(Endpoint):
                           'reason': error.reason, 'label': label}, error)
             return
         LOG.info('%s: QEMU connected, opening TLS to %s', label,
-                 self.grant.dst_endpoint)
+                 errors.peer_text(self.grant.dst_endpoint))
         self._spawn(self._serve_connection, label,
                     lambda socks, _stream: self._setup(socks, qemu, kind,
                                                        index),
@@ -542,8 +619,10 @@ class DestinationEndpoint(Endpoint):
 
     side = 'destination'
 
-    def __init__(self, params, clock=time.time):
-        super().__init__(params, clock)
+    def __init__(self, params, clock=time.time, on_event=None):
+        super().__init__(params, clock, on_event)
+        self.gate = preauth.Gate(params.max_preauth_connections)
+        self.tally = preauth.Tally(on_event=on_event)
         self._sock = None
         self.endpoint = None
         self.bound = None
@@ -564,7 +643,7 @@ class DestinationEndpoint(Endpoint):
                 last = e
                 sock.close()
                 continue
-            sock.listen(16)
+            sock.listen(TCP_BACKLOG)
             sock.setblocking(False)
             self._sock = sock
             host = '[%s]' % p.listen_host if family == socket.AF_INET6 \
@@ -592,12 +671,78 @@ class DestinationEndpoint(Endpoint):
     def _on_accept(self, _item, raw, addr):
         label = '%s destination/%s:%s' % (self.params.migration_id,
                                           addr[0], addr[1])
-        LOG.info('%s: connection from %s:%s', label, addr[0], addr[1])
+        # Anyone can connect: one log line per connection would let a
+        # flood write the log (refusals are logged rate-limited).
+        LOG.debug('%s: connection from %s:%s', label, addr[0], addr[1])
+        try:
+            slot, _evicted = self.gate.admit(raw, addr[0])
+        except OSError as e:
+            # No descriptor left for the duplicate: refuse this one.
+            raw.close()
+            self.tally.refused(label, 'resources_exhausted', str(e))
+            return
         self._spawn(self._serve_connection, label,
                     lambda socks, stream: self._setup(socks, stream, raw,
-                                                      label))
+                                                      label, slot),
+                    None, None, slot, counted=False)
 
-    def _setup(self, socks, stream, raw, label):
+    def _refused_preauth(self, label, slot, socks, stream, error):
+        """A connection ended before its peer was authorized.
+
+        Closed (with an ABORT when there is a TLS session, so a real but
+        misconfigured source learns why) and counted; the migration is
+        not touched. Returns the tally's arguments: _serve_connection
+        counts it once the sockets are closed. An ABORT from the peer is
+        counted as ``peer_aborted`` with the reason it claims kept in the
+        record: an unauthenticated peer's word is no reason of ours.
+        """
+        reason, extra = error.reason, {}
+        if slot.closed_reason is not None:
+            # Evicted at the cap or closed as the tunnel stops: what the
+            # read saw then is only the consequence.
+            reason = slot.closed_reason
+        elif error.peer_reason is not None:
+            reason = preauth.PEER_ABORTED
+            extra['peer_reason'] = error.peer_reason
+        elif error.reason == 'terminated':
+            reason = preauth.CLOSED_AT_STOP
+        if stream['kind'] is not None:
+            extra.update(kind=stream['kind'], index=stream['index'])
+        if socks.get('tls') is not None and slot.closed_reason is None:
+            self._close_failed(socks['tls'], error)
+        self.gate.release(slot)
+        return (label, reason, str(error.args[0])), extra
+
+    def _close_preauth(self):
+        self.gate.close_all()
+
+    def _tick(self):
+        self.tally.tick()
+
+    def _accept_failed(self, error):
+        # Anyone can make this happen: counted and rate-limited.
+        self.tally.refused('%s destination' % self.params.migration_id,
+                           'resources_exhausted', str(error))
+
+    def _outcome_extra(self, out, results):
+        """Refusals before authorization: counts and the first records.
+
+        They are not the migration's connections (``connections`` lists
+        authorized ones only) and never its reason; when the tunnel did
+        not complete, the message names them, so an operator sees that a
+        source was refused and why.
+        """
+        self.tally.flush()
+        out['refused'] = dict(self.tally.counts)
+        out['refused_connections'] = list(self.tally.records)
+        summary = self.tally.summary()
+        if summary and out['status'] != 'completed':
+            authorized = 'no connection was authorized' if not results \
+                else '%d connection(s) authorized' % len(results)
+            out['message'] = '%s; %s; %s' % (
+                out.get('message', out['status']), authorized, summary)
+
+    def _setup(self, socks, stream, raw, label, slot):
         p = self.params
         socks['raw'] = raw
         deadline = time.monotonic() + p.handshake_timeout
@@ -612,17 +757,21 @@ class DestinationEndpoint(Endpoint):
         except OSError as e:
             raise tls.map_ssl_error(e, label)
         socks['tls'] = sock
+        self.gate.handshake_done(slot)
         version, suite = tls.check_negotiated(sock, p.tls_cipher)
         peer = tls.verify_peer(sock, self.peer_store, 'client')
         decoder = frames.FrameDecoder()
-        # An ABORT here is the source refusing us (e.g. our certificate is
-        # not the one its grant pins).
+        # An ABORT here may be the source refusing us (e.g. our certificate
+        # is not the one its grant pins), or anyone with a certificate of
+        # the peer cloud: counted, not the migration's reason.
         hello = self._expect_frame(sock, decoder, deadline,
                                    frames.FrameType.HELLO,
                                    frames.pull_hello, 'source')
         # What the HELLO asks for, even if it is refused below.
         stream.update(kind=hello.kind.label, index=hello.conn_index)
-        grant = self._authorize(hello, peer)
+        grant = self._authorize(hello, peer, slot)
+        # From here on the connection is the migration's.
+        stream['authorized'] = True
         kind = hello.kind.label
         try:
             self._wait_local_turn(kind, hello.conn_index)
@@ -636,7 +785,7 @@ class DestinationEndpoint(Endpoint):
                                      'data before HELLO_OK')
         LOG.info('%s: authorized %s connection #%d of migration %s from %s',
                  label, kind, hello.conn_index, p.migration_id,
-                 peer.identity.urn)
+                 errors.peer_text(peer.identity.urn))
         info = {'migration_id': p.migration_id, 'kind': kind,
                 'index': hello.conn_index, 'grant': grant,
                 'tls_version': version, 'tls_cipher': suite,
@@ -644,8 +793,13 @@ class DestinationEndpoint(Endpoint):
                 'dst_fingerprint': self.fingerprint}
         return info
 
-    def _authorize(self, hello, peer):
-        """HELLO and grant checks; the connection index is single-use."""
+    def _authorize(self, hello, peer, slot):
+        """HELLO and grant checks; the connection index is single-use.
+
+        Passing them makes the connection the migration's: it leaves the
+        pre-auth gate and counts in :attr:`active`, atomically with taking
+        its connection index, unless the gate closed it meanwhile.
+        """
         p = self.params
         if hello.version != frames.PROTOCOL_VERSION:
             raise errors.TunnelError('version_unsupported',
@@ -655,24 +809,27 @@ class DestinationEndpoint(Endpoint):
         if hello.migration_id != p.migration_id:
             raise errors.TunnelError(
                 'grant_wrong_migration', 'HELLO for migration %s, this '
-                'tunnel serves %s' % (hello.migration_id, p.migration_id))
+                'tunnel serves %s' % (errors.peer_text(hello.migration_id),
+                                      p.migration_id))
         grant = self._verify_grant(hello.grant, self.own_store)
         if grant.dst_fingerprint != self.fingerprint or \
                 grant.dst_endpoint != self.endpoint:
             raise errors.TunnelError(
                 'grant_wrong_destination', 'grant is for %s at %s, this is '
-                '%s at %s' % (grant.dst_fingerprint[:16], grant.dst_endpoint,
+                '%s at %s' % (errors.peer_text(grant.dst_fingerprint[:16]),
+                              errors.peer_text(grant.dst_endpoint),
                               self.fingerprint[:16], self.endpoint))
         if grant.src_cloud != peer.identity.cloud_id:
             raise errors.TunnelError(
                 'grant_wrong_source', 'grant is for a source in cloud %s, '
-                'peer is %s' % (grant.src_cloud, peer.identity.urn))
+                'peer is %s' % (errors.peer_text(grant.src_cloud),
+                                errors.peer_text(peer.identity.urn)))
         if grant.src_fingerprint != peer.fingerprint:
             raise errors.TunnelError(
                 'fingerprint_mismatch', 'peer certificate %s has '
                 'fingerprint %s, the grant pinned %s'
-                % (peer.identity.urn, peer.fingerprint,
-                   grant.src_fingerprint))
+                % (errors.peer_text(peer.identity.urn), peer.fingerprint,
+                   errors.peer_text(grant.src_fingerprint)))
         kind = hello.kind.label
         allowed = grant.streams.get(kind, 0)
         if kind not in p.sockets or hello.conn_index >= allowed:
@@ -684,8 +841,14 @@ class DestinationEndpoint(Endpoint):
             if key in self._used:
                 raise errors.TunnelError(
                     'connection_replayed', '%s connection #%d of grant %s '
-                    'was already used' % (kind, hello.conn_index, grant.jti))
+                    'was already used' % (kind, hello.conn_index,
+                                          errors.peer_text(grant.jti)))
+            if not self.gate.authorize(slot):
+                raise errors.TunnelError(
+                    preauth.EVICTED, 'closed before authorization',
+                    notify_peer=False)
             self._used.add(key)
+            self.active += 1
         return grant
 
     def _wait_local_turn(self, kind, index):

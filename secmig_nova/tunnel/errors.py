@@ -49,9 +49,14 @@ class TunnelError(Exception):
     """
 
     def __init__(self, reason, message, notify_peer=True):
-        super().__init__(message)
+        # Last line of defence: peer text should have gone through
+        # peer_text() already, but no message that reaches a log line or an
+        # outcome may carry a newline or control character.
+        super().__init__(printable(message))
         self.reason = reason
         self.notify_peer = notify_peer
+        # The peer's reason when this error is the peer's ABORT.
+        self.peer_reason = None
 
     def __str__(self):
         return '%s: %s' % (self.reason, self.args[0])
@@ -71,13 +76,66 @@ class TunnelError(Exception):
         return frames.AbortCode.INTERNAL_ERROR
 
 
+def peer_text(value, limit=200):
+    """``value`` made safe to put in a log line or a message.
+
+    Everything a peer sends (ABORT reasons, migration ids, names from HELLO
+    or certificates) goes through here before it is formatted: a backslash
+    becomes ``\\\\`` and every character that is not printable (newlines, other
+    control characters, Unicode line separators and format characters such
+    as bidirectional overrides) becomes ``\\xNN``, ``\\uNNNN`` or
+    ``\\UNNNNNNNN``, so peer text can neither forge a log line nor hide
+    in one. Longer than ``limit`` characters, it is cut and marked ``...``.
+    """
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        value = bytes(value).decode('utf-8', 'backslashreplace')
+    elif not isinstance(value, str):
+        value = str(value)
+    cut = limit is not None and len(value) > limit
+    if cut:
+        value = value[:limit]
+    out = []
+    for ch in value:
+        if ch == '\\':
+            out.append('\\\\')
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            code = ord(ch)
+            out.append('\\x%02x' % code if code < 0x100 else
+                       '\\u%04x' % code if code < 0x10000 else
+                       '\\U%08x' % code)
+    if cut:
+        out.append('...')
+    return ''.join(out)
+
+
+def printable(text):
+    """``text`` if it is printable already, else :func:`peer_text` of it.
+
+    For messages that may embed peer text escaped already (escaping twice
+    would double the backslashes) but must never carry a control
+    character.
+    """
+    text = str(text)
+    return text if text.isprintable() else peer_text(text, limit=None)
+
+
 def from_abort(abort, peer):
-    """The peer's ABORT frame as our error, under the peer's reason."""
+    """The peer's ABORT frame as our error, under the peer's reason.
+
+    The peer's reason text is escaped; ``peer_reason`` keeps the code's
+    name, so a side that does not trust the peer yet can count the ABORT
+    without adopting its reason.
+    """
     code = abort.code
     reason = code.reason if isinstance(code, frames.AbortCode) \
         else 'code_%d' % code
-    return TunnelError(reason, '%s aborted: %s (%s)'
-                       % (peer, reason, abort.reason), notify_peer=False)
+    error = TunnelError(reason, '%s aborted: %s (%s)'
+                        % (peer, reason, peer_text(abort.reason)),
+                        notify_peer=False)
+    error.peer_reason = reason
+    return error
 
 
 def status_of(error):

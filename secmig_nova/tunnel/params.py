@@ -16,6 +16,8 @@ from secmig_nova.tunnel import errors
 SIDES = ('source', 'destination')
 KINDS = ('memory', 'disk')
 TEST_HOOKS_ENV = 'SECMIG_TUNNEL_TEST_HOOKS'
+# Each unauthenticated connection holds a thread and two descriptors.
+MAX_PREAUTH_CONNECTIONS = secmig_conf.MAX_PREAUTH_CONNECTIONS
 
 _DEFAULTS = {opt.dest: opt.default for opt in secmig_conf.ALL_OPTS}
 
@@ -58,6 +60,8 @@ class TunnelParams:
     local_endpoint_timeout: float = _DEFAULTS['local_endpoint_timeout']
     idle_timeout: float = _DEFAULTS['idle_timeout']
     max_clock_skew: float = _DEFAULTS['max_clock_skew']
+    # destination: unauthenticated connections held at once (preauth.py).
+    max_preauth_connections: int = _DEFAULTS['tunnel_max_preauth_connections']
     expect_connections: dict = None
     deadline: float = 3600.0
     termination_grace: float = 5.0
@@ -77,6 +81,7 @@ _SIMPLE = {
     'idle_timeout': (int, float), 'max_clock_skew': (int, float),
     'deadline': (int, float), 'termination_grace': (int, float),
     'chunk_size': int, 'advertise_endpoint': str,
+    'max_preauth_connections': int,
 }
 
 
@@ -171,6 +176,9 @@ def from_dict(obj, environ=None):
                  'termination_grace'):
         if getattr(params, name) < 0:
             raise _invalid('%s must not be negative', name)
+    if not 1 <= params.max_preauth_connections <= MAX_PREAUTH_CONNECTIONS:
+        raise _invalid('max_preauth_connections must be within 1..%d',
+                       MAX_PREAUTH_CONNECTIONS)
     if not 4096 <= params.chunk_size <= 1 << 20:
         raise _invalid('chunk_size must be within 4096..1048576')
     if not 0 < params.port_min <= params.port_max < 65536:

@@ -6,6 +6,7 @@ one ``ready`` line, one ``outcome`` line, SIGTERM to stop) lives in one
 place. Crypto and copying never run in the caller's process.
 """
 
+import collections
 import json
 import os
 import signal
@@ -57,6 +58,9 @@ class TunnelProcess:
         self.proc.stdin.close()
         self.ready = None
         self.outcome = None
+        # Other events (e.g. the destination's ``refused``), the latest
+        # ones: the tunnel rate-limits them, this bounds them again.
+        self.events = collections.deque(maxlen=1000)
         self._stderr = []
         self._lines = []
         self._cond = threading.Condition()
@@ -80,6 +84,8 @@ class TunnelProcess:
                     self.ready = event
                 elif event.get('event') == 'outcome':
                     self.outcome = event
+                else:
+                    self.events.append(event)
                 self._cond.notify_all()
         with self._cond:
             self._cond.notify_all()
@@ -112,6 +118,24 @@ class TunnelProcess:
                 % (self.outcome or self.stderr[-2000:] or 'no output'),
                 self.outcome)
         return self.ready
+
+    def wait_event(self, predicate, timeout=30.0):
+        """The first event for which ``predicate(event)`` is true.
+
+        :returns: the event, or None if the process ended or ``timeout``
+            passed first.
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for event in self.events:
+                    if predicate(event):
+                        return event
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.outcome is not None or \
+                        not self._reader.is_alive():
+                    return None
+                self._cond.wait(min(remaining, 0.2))
 
     def wait(self, timeout=None):
         """Wait for the process; return ``(returncode, outcome)``."""

@@ -103,6 +103,7 @@ class Settings:
     tls_cipher: str = 'aes-256-gcm'
     ecdh_curve: str = 'prime256v1'
     handshake_timeout: float = 10.0
+    tunnel_max_preauth_connections: int = 32
     local_endpoint_timeout: float = 10.0
     idle_timeout: float = 120.0
     max_clock_skew: float = 30.0
@@ -125,6 +126,8 @@ class Settings:
                 'tls_cipher': self.tls_cipher,
                 'ecdh_curve': self.ecdh_curve,
                 'handshake_timeout': float(self.handshake_timeout),
+                'max_preauth_connections':
+                    int(self.tunnel_max_preauth_connections),
                 'local_endpoint_timeout': float(self.local_endpoint_timeout),
                 'idle_timeout': float(self.idle_timeout),
                 'max_clock_skew': float(self.max_clock_skew)}

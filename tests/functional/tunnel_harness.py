@@ -124,15 +124,19 @@ class FakeDestinationQemu:
 class FakeSourceQemu:
     """Connects to the source tunnel's socket, streams data, reads back.
 
-    ``hold``: a threading.Event; after the data, the connection stays open
-    (no shutdown) until it is set, so the test decides when it ends.
+    ``hold``: a threading.Event the connection waits for, at ``hold_at``
+    bytes (a multiple of ``chunk``) before sending the rest, or, without
+    ``hold_at``, after the data and before the shutdown (the connection
+    stays open until it is set), so the test decides when it goes on.
     """
 
-    def __init__(self, path, data, chunk=256 * 1024, pace=None, hold=None):
+    def __init__(self, path, data, chunk=256 * 1024, pace=None,
+                 hold_at=None, hold=None):
         self.path = path
         self.data = data
         self.chunk = chunk
         self.pace = pace
+        self.hold_at = hold_at
         self.hold = hold
         self.returned = bytearray()
         self.error = None
@@ -148,10 +152,12 @@ class FakeSourceQemu:
             reader.start()
             view = memoryview(self.data)
             for i in range(0, len(view), self.chunk):
+                if self.hold is not None and i == self.hold_at:
+                    self.hold.wait(TIMEOUT)
                 sock.sendall(view[i:i + self.chunk])
                 if self.pace:
                     time.sleep(self.pace)
-            if self.hold is not None:
+            if self.hold is not None and self.hold_at is None:
                 self.hold.wait(TIMEOUT)
             sock.shutdown(socket.SHUT_WR)
             reader.join(TIMEOUT)
@@ -307,18 +313,20 @@ class TunnelTestCase(testtools.TestCase):
         params.update(over)
         return params
 
-    def start(self, params, env=None):
-        proc = process.TunnelProcess(params, env=env)
+    def start(self, params, env=None, debug=False):
+        proc = process.TunnelProcess(params, env=env, debug=debug)
         self.procs.append(proc)
         return proc
 
-    def start_destination(self, **over):
-        proc = self.start(self.dst_params(**over))
+    def start_destination(self, debug=False, **over):
+        proc = self.start(self.dst_params(**over), debug=debug)
         ready = proc.wait_ready(TIMEOUT)
         return proc, ready['endpoint']
 
-    def start_pair(self, grant_kwargs=None, dst=None, src=None, env=None):
-        dst_proc, endpoint = self.start_destination(**(dst or {}))
+    def start_pair(self, grant_kwargs=None, dst=None, src=None, env=None,
+                   dst_debug=False):
+        dst_proc, endpoint = self.start_destination(debug=dst_debug,
+                                                    **(dst or {}))
         grant = self.pki.grant(endpoint, **(grant_kwargs or {}))
         src_proc = self.start(self.src_params(grant, **(src or {})), env=env)
         src_proc.wait_ready(TIMEOUT)
@@ -336,6 +344,35 @@ class TunnelTestCase(testtools.TestCase):
             self.assertEqual(status, outcome['status'])
         return outcome
 
+    def assertRefusedPreauth(self, proc, reason, authorized=0, **fields):
+        """The destination ``proc`` refused a connection before authorizing it.
+
+        Such a refusal never ends the tunnel nor becomes its reason: wait
+        for the ``refused`` event, stop the tunnel, and find the refusal
+        in the outcome's ``refused`` counts and records (with ``fields``)
+        and its message, beside the tunnel's own status (stopped).
+        :returns: ``(outcome, record)``.
+        """
+        event = proc.wait_event(
+            lambda e: e.get('event') == 'refused' and
+            e.get('reason') == reason, TIMEOUT)
+        self.assertIsNotNone(event, 'no refused event for %s: %s\n%s' % (
+            reason, list(proc.events), proc.stderr[-3000:]))
+        rc, outcome = proc.terminate(TIMEOUT)
+        self.assertIsNotNone(outcome, proc.stderr[-3000:])
+        detail = '%s\nstderr:\n%s' % (outcome, proc.stderr[-3000:])
+        self.assertNotEqual(0, rc, detail)
+        self.assertEqual('aborted', outcome['status'], detail)
+        self.assertEqual('terminated', outcome['reason'], detail)
+        self.assertEqual(authorized, len(outcome['connections']), detail)
+        self.assertGreaterEqual(outcome['refused'].get(reason, 0), 1, detail)
+        self.assertIn('%s x' % reason, outcome['message'])
+        record = [r for r in outcome['refused_connections']
+                  if r['reason'] == reason][0]
+        for name, value in fields.items():
+            self.assertEqual(value, record.get(name), detail)
+        return outcome, record
+
     def assertCompleted(self, proc):
         rc, outcome = proc.wait(TIMEOUT)
         self.assertIsNotNone(outcome, proc.stderr[-3000:])
@@ -350,7 +387,7 @@ class TunnelTestCase(testtools.TestCase):
     # -- a raw source, to probe the destination's own checks ------------
 
     def raw_client(self, endpoint, cloud='a', host='host-a', tls12=False,
-                   host_files=None):
+                   host_files=None, source_address=None):
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
@@ -359,7 +396,9 @@ class TunnelTestCase(testtools.TestCase):
         files = host_files or getattr(self.pki, cloud).hosts[host]
         ctx.load_cert_chain(*files)
         h, port = endpoint.rsplit(':', 1)
-        raw = socket.create_connection((h, int(port)), timeout=TIMEOUT)
+        raw = socket.create_connection(
+            (h, int(port)), timeout=TIMEOUT,
+            source_address=(source_address, 0) if source_address else None)
         return ctx.wrap_socket(raw)
 
     def hello(self, grant, index=0, kind='memory', migration_id='mig-1'):

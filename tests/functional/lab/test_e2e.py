@@ -54,6 +54,10 @@ KILL_DELAY = 0.05
 # Bytes a refused source may send before the refusal: the TLS handshake
 # and an ABORT frame, never a guest page batch.
 HANDSHAKE_BYTES = 16 * 1024
+# A destination tunnel that refused the source before authorizing it runs
+# on (anyone could have been refused) until stopped, as under the driver:
+# the lab stops it after this many seconds.
+REFUSED_DESTINATION_WAIT = 10
 
 
 class EndToEndTest(base.LabTestCase):
@@ -116,13 +120,13 @@ class EndToEndTest(base.LabTestCase):
         self.assertIn(outcome.get('reason'), set(reasons), detail)
         return outcome
 
-    def assertMigrationRaised(self, result):
+    def assertMigrationRaised(self, result, stopped=()):
         libvirt = lab_mod._libvirt()
         self.assertIsInstance(result.error, libvirt.libvirtError,
                               'the migration did not fail')
         self.assertIsNone(result.during_error)
-        # Both tunnels ended by themselves, none had to be stopped.
-        self.assertEqual([], result.terminated)
+        # The tunnels ended by themselves, except the ``stopped`` ones.
+        self.assertEqual(list(stopped), result.terminated)
 
     @staticmethod
     def sent(outcome):
@@ -182,29 +186,47 @@ class EndToEndTest(base.LabTestCase):
             if advertise_proxy else {}
         result = self.lab.migrate_secure(
             a, b, name, check=False, timeout=MIGRATE_TIMEOUT,
+            tunnel_timeout=REFUSED_DESTINATION_WAIT,
             destination_params=extra, on_destination_ready=through_proxy,
             grant=lambda result, endpoint, instance_uuid, streams:
                 grant_for(result, proxy.endpoint, instance_uuid, streams))
         self.record(result, proxy=proxy.forwarded)
-        self.assertMigrationRaised(result)
+        # The destination does not end on a refusal before authorization.
+        self.assertMigrationRaised(result, stopped=['destination'])
         # The source did connect (through the proxy) and was refused
         # before it read anything from QEMU: no guest memory left host a.
         self.assertEqual(1, proxy.connections)
         self.assertLess(proxy.forwarded['src_to_dst'], HANDSHAKE_BYTES)
         return result, mark
 
-    def assertRefusedBeforeMemory(self, result, name, mark, reason):
+    def assertRefusedBeforeMemory(self, result, name, mark, reason,
+                                  dst_reason=None, dst_peer_reason=None):
+        """Refused before any guest memory moved.
+
+        The source fails with ``reason``. The destination never authorized
+        the connection, so it is not the migration's failure there: the
+        stopped destination lists it under ``refused`` as ``dst_reason``
+        (default ``reason``; ``peer_aborted`` with ``dst_peer_reason``
+        when the source refused first and said so in an ABORT).
+        """
         src_out = self.assertFailedWith(result, 'source', reason, 'refused')
-        dst_out = self.assertFailedWith(result, 'destination', reason,
-                                        'refused')
-        # The source tunnel never read guest memory from QEMU, the
-        # destination tunnel never passed a byte to its QEMU: neither got
-        # as far as a pump (a connection record without byte counts).
+        dst_out = self.assertFailedWith(result, 'destination', 'terminated',
+                                        'aborted')
+        dst_reason = dst_reason or reason
+        detail = 'destination tunnel: %s' % dst_out
+        self.assertEqual({dst_reason: 1}, dst_out['refused'], detail)
+        record, = dst_out['refused_connections']
+        self.assertEqual(dst_reason, record['reason'], detail)
+        if dst_peer_reason:
+            self.assertEqual(dst_peer_reason, record['peer_reason'], detail)
+        self.assertIn('no connection was authorized', dst_out['message'])
+        # The source tunnel never read guest memory from QEMU (a connection
+        # record without byte counts); the destination tunnel never
+        # authorized a connection, so never passed a byte to its QEMU.
         self.assertEqual(0, self.sent(src_out))
-        self.assertEqual(0, self.sent(dst_out))
-        for out in (src_out, dst_out):
-            self.assertEqual(1, len(out['connections']))
-            self.assertNotIn('src_to_dst', out['connections'][0])
+        self.assertEqual(1, len(src_out['connections']))
+        self.assertNotIn('src_to_dst', src_out['connections'][0])
+        self.assertEqual([], dst_out['connections'], detail)
         self.assertStillOnSource(name, self.a, self.b, mark)
         self.assertCleanedUp(result)
 
@@ -213,7 +235,8 @@ class EndToEndTest(base.LabTestCase):
 
         The source pins lab-c's certificate and refuses b's at the TLS
         handshake (fingerprint_mismatch), before HELLO; b hears it by an
-        ABORT.
+        ABORT, which it counts (peer_aborted) but cannot trust before
+        HELLO, so it runs on until stopped.
         """
         other = self.lab.pki.other_host('b', 'lab-c')
 
@@ -226,14 +249,17 @@ class EndToEndTest(base.LabTestCase):
                                                advertise_proxy=True)
         self.assertNotEqual(other.fingerprint,
                             result.ready['destination']['fingerprint'])
-        self.assertRefusedBeforeMemory(result, 'pinned', mark,
-                                       'fingerprint_mismatch')
+        self.assertRefusedBeforeMemory(
+            result, 'pinned', mark, 'fingerprint_mismatch',
+            dst_reason='peer_aborted', dst_peer_reason='fingerprint_mismatch')
 
     def test_grant_names_another_destination_endpoint(self):
         """Grant for host lab-c's endpoint, which leads to b's tunnel.
 
         b's certificate matches the pin, so b itself refuses: the grant
-        does not name b's endpoint (grant_wrong_destination).
+        does not name b's endpoint (grant_wrong_destination). The HELLO
+        was not authorized, so b counts the refusal and runs on until
+        stopped.
         """
         def grant_for_c(result, endpoint, instance_uuid, streams):
             return self.lab.pki.grant(

@@ -270,6 +270,17 @@ class ParamsTest(testtools.TestCase):
         self.assertInvalidValues('socket_mode', ('-1', '-660', '1000',
                                                  '4660', '100000'))
 
+    def test_max_preauth_connections(self):
+        self.assertEqual(32, self.load(self.destination)
+                         .max_preauth_connections)
+        self.assertEqual(5, self.load(self.with_(
+            self.destination, max_preauth_connections=5))
+            .max_preauth_connections)
+        self.assertInvalidValues(
+            'max_preauth_connections',
+            (0, -1, params.MAX_PREAUTH_CONNECTIONS + 1, 1.5, '32', True,
+             None), base=self.destination)
+
     def test_expect_connections(self):
         self.assertInvalidValues('expect_connections', (
             [], 'memory', {'cpu': 1}, {'memory': 0}, {'memory': -1},
