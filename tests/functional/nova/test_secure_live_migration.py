@@ -37,12 +37,15 @@ class SecmigTestBase(base.LibvirtMigrationMixin, base.ServersTestBase,
     ADMIN_API = True
     microversion = 'latest'
     secmig_mode = 'required'
+    # Compute hosts of cloud-b (the others are cloud-a's).
+    cloud_b_hosts = ()
     # [libvirt] options of every compute host of the test.
     libvirt_flags = {}
 
     def setUp(self):
         self.secmig = self.useFixture(
-            secmig_world.SecmigWorld(mode=self.secmig_mode))
+            secmig_world.SecmigWorld(mode=self.secmig_mode,
+                                     cloud_b_hosts=self.cloud_b_hosts))
         self.results = []
         real_conclude = migration._Side._conclude
 
@@ -289,6 +292,47 @@ class TestSecureLiveMigration(SecmigTestBase):
         self.assertEqual('Error', pre['result'])
         self.assertIn('no free port in 49400..49499', pre['details'])
         self.assertTunnelsGone()
+
+
+class TestCrossCloud(SecmigTestBase):
+    """``src`` in cloud-a, ``dest`` in cloud-b: two brokers, two CAs.
+
+    Each host has the other cloud in ``[secmig] peer_ca_files`` and learns
+    the other host's cloud from its ``CUSTOM_SECMIG_CLOUD_*`` trait.
+    """
+
+    cloud_b_hosts = ('dest',)
+
+    def test_grant_of_the_destination_cloud(self):
+        # The destination registered with cloud-b's broker: a source that
+        # asked its own broker only would fail with not_registered.
+        record = self.live_migrate()
+        mid = record['uuid']
+        self.assertEqual('dest', self.host_of_server())
+        pki = self.secmig.pki
+        [src] = self.secmig.tunnels.of('source', mid)
+        [dst] = self.secmig.tunnels.of('destination', mid)
+        self.assertEqual({'cloud_id': 'cloud-b', 'ca_file': pki.b.ca.ca_file,
+                          'crl_file': None}, src.params['peer'])
+        self.assertEqual({'cloud_id': 'cloud-a', 'ca_file': pki.a.ca.ca_file,
+                          'crl_file': None}, dst.params['peer'])
+        self.assertEqual(self.secmig.host_files('dest')[0],
+                         dst.params['cert_file'])
+        grant = tokens.verify_grant(src.params['grant'],
+                                    self.secmig.broker_b.store)
+        self.assertEqual((mid, 'src', 'dest', 'cloud-a', 'cloud-b'),
+                         (grant.migration_id, grant.src_host, grant.dst_host,
+                          grant.src_cloud, grant.dst_cloud))
+        self.assertEqual('Success', self.secmig_event()['result'])
+        self.assertTunnelsGone()
+        self.wait_concluded(2)
+        self.assertEqual([('source', 'completed'),
+                          ('destination', 'completed')],
+                         [(r.side, r.status) for r in self.results])
+        self.assertEqual('completed',
+                         self.secmig.records(mid)['source']['state'])
+        self.assertEqual('completed', self.secmig.broker_b.db.find_migration(
+            mid)['destination']['state'])
 
 
 class TestParallelConnections(SecmigTestBase):

@@ -14,6 +14,7 @@ import libvirt
 from nova.compute import provider_tree
 from nova import exception
 from nova import objects
+from nova.scheduler.client import report
 from nova.virt import driver as nova_driver
 from nova.virt.libvirt import driver as libvirt_driver
 from oslo_config import cfg
@@ -201,6 +202,185 @@ class TestProviderTree(DriverTestCase):
         self.driver._secmig = None
         self.driver.update_provider_tree(tree, 'node-a')
         self.assertFalse(tree.has_traits('node-a', [driver.TRAIT]))
+
+    def tree(self, *traits):
+        self.patch_libvirt('update_provider_tree')
+        tree = provider_tree.ProviderTree()
+        tree.new_root('node-a', 'c0000000-0000-4000-8000-000000000001')
+        if traits:
+            tree.update_traits('node-a', traits)
+        return tree
+
+    def cloud_traits(self, tree):
+        return sorted(t for t in tree.data('node-a').traits
+                      if t.startswith(driver.CLOUD_TRAIT_PREFIX))
+
+    def test_cloud_trait(self):
+        self.flags(cloud_id='cloud-a', group='secmig')
+        tree = self.tree()
+        self.driver.update_provider_tree(tree, 'node-a')
+        self.assertEqual(['CUSTOM_SECMIG_CLOUD_CLOUD_A'],
+                         self.cloud_traits(tree))
+        self.assertTrue(tree.has_traits('node-a', [driver.TRAIT]))
+
+    def test_stale_cloud_trait_removed(self):
+        # [secmig] cloud_id changed: the old cloud's trait goes, nothing
+        # else that is not secmig's is touched.
+        self.flags(cloud_id='cloud-b', group='secmig')
+        tree = self.tree('CUSTOM_SECMIG_CLOUD_CLOUD_A', 'CUSTOM_OTHER',
+                         'COMPUTE_STATUS_DISABLED')
+        self.driver.update_provider_tree(tree, 'node-a')
+        self.assertEqual(['CUSTOM_SECMIG_CLOUD_CLOUD_B'],
+                         self.cloud_traits(tree))
+        self.assertTrue(tree.has_traits(
+            'node-a', ['CUSTOM_OTHER', 'COMPUTE_STATUS_DISABLED']))
+
+    def test_disabled_reports_no_cloud(self):
+        self.flags(cloud_id='cloud-a', group='secmig')
+        tree = self.tree('CUSTOM_SECMIG_CLOUD_CLOUD_A', driver.TRAIT,
+                         'CUSTOM_OTHER')
+        self.driver._secmig = None
+        self.driver.update_provider_tree(tree, 'node-a')
+        self.assertEqual([], self.cloud_traits(tree))
+        self.assertFalse(tree.has_traits('node-a', [driver.TRAIT]))
+        self.assertTrue(tree.has_traits('node-a', ['CUSTOM_OTHER']))
+
+
+class TestCloudTraitName(testtools.TestCase):
+
+    def test_cloud_trait(self):
+        self.assertEqual('CUSTOM_SECMIG_CLOUD_CLOUD_A',
+                         driver.cloud_trait('cloud-a'))
+        # Placement trait names: upper case, digits and _ only.
+        self.assertEqual('CUSTOM_SECMIG_CLOUD_EU_WEST_1_PROD',
+                         driver.cloud_trait('eu-west.1_Prod'))
+        self.assertTrue(driver.cloud_trait('x').startswith(
+            driver.CLOUD_TRAIT_PREFIX))
+
+
+class CrossCloudTestCase(DriverTestCase):
+    """This host in cloud-a, with cloud-b as its one peer cloud.
+
+    Placement is a mock: ``self.traits`` are the traits of each resource
+    provider, ``self.allocations`` the server's allocations.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.secmig.cloud_id = 'cloud-a'
+        self.secmig.peer_stores = {'cloud-b': mock.sentinel.cloud_b_store}
+        self.traits = {}
+        self.allocations = {}
+        patcher = mock.patch.object(report, 'report_client_singleton')
+        self.placement = patcher.start().return_value
+        self.addCleanup(patcher.stop)
+        self.placement.get_provider_traits.side_effect = \
+            lambda ctxt, rp_uuid: mock.Mock(
+                traits=set(self.traits.get(rp_uuid, ())))
+        self.placement.get_allocations_for_consumer.side_effect = \
+            lambda ctxt, consumer: dict(self.allocations)
+        patcher = mock.patch.object(
+            objects.ComputeNode, 'get_by_host_and_nodename',
+            return_value=mock.Mock(uuid='rp-src'))
+        self.get_node = patcher.start()
+        self.addCleanup(patcher.stop)
+
+    def on_cloud(self, rp_uuid, cloud_id):
+        self.traits[rp_uuid] = {driver.TRAIT, driver.cloud_trait(cloud_id)}
+
+
+class TestCrossCloudLookups(CrossCloudTestCase):
+
+    def cloud_of(self, *rp_uuids):
+        return self.driver._secmig_providers_cloud(self.context,
+                                                   list(rp_uuids))
+
+    def test_peer_cloud(self):
+        self.on_cloud('rp-b', 'cloud-b')
+        self.assertEqual('cloud-b', self.cloud_of('rp-b'))
+
+    def test_own_cloud(self):
+        self.on_cloud('rp-a', 'cloud-a')
+        self.assertIsNone(self.cloud_of('rp-a'))
+
+    def test_without_cloud_trait_is_own_cloud(self):
+        # A host of an older driver: same cloud, as before.
+        self.traits['rp-old'] = {driver.TRAIT}
+        self.assertIsNone(self.cloud_of('rp-old'))
+
+    def test_any_provider_of_the_host(self):
+        # A sharing provider without the trait next to the compute node.
+        self.on_cloud('rp-b', 'cloud-b')
+        self.assertEqual('cloud-b', self.cloud_of(None, 'rp-disk', 'rp-b'))
+        self.assertEqual(
+            [mock.call(self.context, 'rp-disk'),
+             mock.call(self.context, 'rp-b')],
+            self.placement.get_provider_traits.call_args_list)
+
+    def test_unknown_cloud_refused(self):
+        self.on_cloud('rp-z', 'cloud-z')
+        e = self.assertRaises(driver.SecureMigrationFailed, self.cloud_of,
+                              'rp-z')
+        self.assertIn('trust cloud CLOUD_Z, which is neither this host\'s '
+                      'cloud cloud-a nor one of its [secmig] peer_ca_files '
+                      '(cloud-b)', e.format_message())
+
+    def test_placement_error_refused(self):
+        # Fail closed: a host placement cannot place is not this cloud's.
+        self.placement.get_provider_traits.side_effect = \
+            exception.ResourceProviderTraitRetrievalFailed(uuid='rp-b')
+        e = self.assertRaises(driver.SecureMigrationFailed, self.cloud_of,
+                              'rp-b')
+        self.assertIn('could not read the trust cloud of resource '
+                      'providers [\'rp-b\'] from placement',
+                      e.format_message())
+
+    def test_without_peers_placement_is_not_asked(self):
+        self.secmig.peer_stores = {}
+        self.on_cloud('rp-z', 'cloud-z')
+        self.assertIsNone(self.cloud_of('rp-z'))
+        self.assertIsNone(self.driver._secmig_source_cloud(self.context,
+                                                           Instance()))
+        self.assertIsNone(self.driver._secmig_destination_cloud(
+            self.context, Instance()))
+        self.placement.get_provider_traits.assert_not_called()
+        self.placement.get_allocations_for_consumer.assert_not_called()
+        self.get_node.assert_not_called()
+
+    def test_source_cloud(self):
+        self.on_cloud('rp-src', 'cloud-b')
+        self.assertEqual('cloud-b', self.driver._secmig_source_cloud(
+            self.context, Instance()))
+        self.get_node.assert_called_once_with(self.context, 'host-a',
+                                              'node-a')
+
+    def test_source_node_not_found_refused(self):
+        self.get_node.side_effect = exception.ComputeHostNotFound(
+            host='host-a')
+        e = self.assertRaises(driver.SecureMigrationFailed,
+                              self.driver._secmig_source_cloud,
+                              self.context, Instance())
+        self.assertIn('source node of %s not found' % UUID,
+                      e.format_message())
+        self.placement.get_provider_traits.assert_not_called()
+
+    def test_destination_cloud(self):
+        self.allocations = {'rp-dst': {'resources': {'VCPU': 1}}}
+        self.on_cloud('rp-dst', 'cloud-b')
+        self.assertEqual('cloud-b', self.driver._secmig_destination_cloud(
+            self.context, Instance()))
+        self.placement.get_allocations_for_consumer.assert_called_once_with(
+            self.context, UUID)
+
+    def test_destination_allocations_error_refused(self):
+        self.placement.get_allocations_for_consumer.side_effect = \
+            exception.ConsumerAllocationRetrievalFailed(
+                consumer_uuid=UUID, error='503')
+        e = self.assertRaises(driver.SecureMigrationFailed,
+                              self.driver._secmig_destination_cloud,
+                              self.context, Instance())
+        self.assertIn('could not read the allocations of %s' % UUID,
+                      e.format_message())
 
 
 class TestChecks(DriverTestCase):
@@ -415,6 +595,57 @@ class TestDestination(DriverTestCase):
             'nova-compute on host-a stopped')
 
 
+class TestCrossCloudDestination(CrossCloudTestCase):
+    """pre_live_migration: the source's cloud from its node's trait."""
+
+    def setUp(self):
+        super().setUp()
+        self.super_pre = self.patch_libvirt('pre_live_migration')
+
+    def pre(self):
+        return self.driver.pre_live_migration(
+            self.context, Instance(), mock.sentinel.bdi,
+            mock.sentinel.network_info, None, self.migrate_data())
+
+    def test_source_of_a_peer_cloud(self):
+        self.on_cloud('rp-src', 'cloud-b')
+        self.assertIs(self.super_pre.return_value, self.pre())
+        self.secmig.prepare_destination.assert_called_once_with(
+            MID, UUID, {'memory': 1}, src_cloud='cloud-b')
+        self.get_node.assert_called_once_with(self.context, 'host-a',
+                                              'node-a')
+
+    def test_source_of_this_cloud(self):
+        self.on_cloud('rp-src', 'cloud-a')
+        self.pre()
+        self.secmig.prepare_destination.assert_called_once_with(
+            MID, UUID, {'memory': 1})
+
+    def assertRefused(self, message):
+        e = self.assertRaises(driver.SecureMigrationFailed, self.pre)
+        self.assertIn(message, e.format_message())
+        # Raised as it is, not wrapped in another SecureMigrationFailed.
+        self.assertEqual(1, e.format_message().count('Secure live '
+                                                     'migration failed'))
+        self.secmig.prepare_destination.assert_not_called()
+        self.super_pre.assert_not_called()
+        self.assertEqual({}, self.driver._secmig_incoming)
+
+    def test_source_of_an_unknown_cloud_refused(self):
+        self.on_cloud('rp-src', 'cloud-z')
+        self.assertRefused('trust cloud CLOUD_Z')
+
+    def test_placement_error_refused(self):
+        self.placement.get_provider_traits.side_effect = \
+            exception.ResourceProviderTraitRetrievalFailed(uuid='rp-src')
+        self.assertRefused('could not read the trust cloud')
+
+    def test_source_node_not_found_refused(self):
+        self.get_node.side_effect = exception.ComputeHostNotFound(
+            host='host-a')
+        self.assertRefused('source node of %s not found' % UUID)
+
+
 class FakeGuest:
     """The parts of nova's Guest the source path touches."""
 
@@ -452,7 +683,8 @@ def nova_operation(flags=P2P, parallel=0):
     return operation
 
 
-class TestSource(DriverTestCase):
+class SourceTestCase(DriverTestCase):
+    """The source side: a session, nova's operation, the event."""
 
     def setUp(self):
         super().setUp()
@@ -482,6 +714,9 @@ class TestSource(DriverTestCase):
         exit_args = self.events.return_value.__exit__.call_args[0]
         errors = [a for a in exit_args if isinstance(a, BaseException)]
         return errors[0] if errors else None
+
+
+class TestSource(SourceTestCase):
 
     def test_through_the_tunnel(self):
         guest = self.operation()
@@ -634,3 +869,59 @@ class TestSource(DriverTestCase):
             1.0 + migration.STOP_TIMEOUT)
         post.assert_called_once_with(self.driver, self.context, instance,
                                      None, migrate_data=None)
+
+
+class TestCrossCloudSource(CrossCloudTestCase, SourceTestCase):
+    """_live_migration_operation: the destination's cloud.
+
+    From the server's allocations, on the destination during a live
+    migration.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.allocations = {'rp-dst': {'resources': {'VCPU': 1}}}
+
+    def test_destination_of_a_peer_cloud(self):
+        self.on_cloud('rp-dst', 'cloud-b')
+        guest = self.operation()
+        self.secmig.start_source.assert_called_once_with(
+            MID, UUID, 'host-b', {'memory': 1}, user_id='user-1',
+            project_id='proj-1', dst_cloud='cloud-b')
+        self.assertIsInstance(self.super_op.call_args[0][6],
+                              driver.SecureGuest)
+        guest._domain.migrateToURI3.assert_called_once()
+        self.session.finish.assert_called_once_with(True, None)
+        self.assertIsNone(self.event_failure())
+
+    def test_destination_of_this_cloud(self):
+        self.on_cloud('rp-dst', 'cloud-a')
+        self.operation()
+        self.secmig.start_source.assert_called_once_with(
+            MID, UUID, 'host-b', {'memory': 1}, user_id='user-1',
+            project_id='proj-1')
+
+    def assertRefused(self, message):
+        guest = self.operation()
+        self.secmig.start_source.assert_not_called()
+        self.super_op.assert_not_called()
+        guest._domain.migrateToURI3.assert_not_called()
+        failure = self.event_failure()
+        self.assertIsInstance(failure, driver.SecureMigrationFailed)
+        self.assertIn(message, failure.format_message())
+        self.assertEqual({}, self.driver._secmig_outgoing)
+
+    def test_destination_of_an_unknown_cloud_refused(self):
+        self.on_cloud('rp-dst', 'cloud-z')
+        self.assertRefused('trust cloud CLOUD_Z, which is neither')
+
+    def test_traits_error_refused(self):
+        self.placement.get_provider_traits.side_effect = \
+            exception.ResourceProviderTraitRetrievalFailed(uuid='rp-dst')
+        self.assertRefused('could not read the trust cloud')
+
+    def test_allocations_error_refused(self):
+        self.placement.get_allocations_for_consumer.side_effect = \
+            exception.ConsumerAllocationRetrievalFailed(
+                consumer_uuid=UUID, error='503')
+        self.assertRefused('could not read the allocations of %s' % UUID)

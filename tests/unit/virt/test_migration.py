@@ -179,6 +179,104 @@ class TestSettingsAndIdentity(MigrationTestCase):
         self.assertIn('tunnel_port_max', str(e))
 
 
+class TestPeerStores(MigrationTestCase):
+    """[secmig] peer_ca_files: the peer clouds' trust stores."""
+
+    def conf(self, peer_ca_files=None, **overrides):
+        conf = cfg.ConfigOpts()
+        secmig_conf.register_opts(conf)
+        conf([])
+        cert, key = self.pki.a.hosts['host-a']
+        values = dict(cloud_id='cloud-a', cert_file=cert, key_file=key,
+                      ca_file=self.pki.a.ca.ca_file, socket_dir=self.dir)
+        values.update(overrides)
+        if peer_ca_files is not None:
+            values['peer_ca_files'] = peer_ca_files
+        for name, value in values.items():
+            conf.set_override(name, value, 'secmig')
+        return conf
+
+    def test_none(self):
+        self.assertEqual({}, migration.peer_stores_from_conf(self.conf()))
+
+    def test_peer_cloud(self):
+        stores = migration.peer_stores_from_conf(self.conf(
+            {'cloud-b': self.pki.b.ca.ca_file}))
+        self.assertEqual(['cloud-b'], list(stores))
+        self.assertIsInstance(stores['cloud-b'], trust_store.TrustStore)
+        self.assertEqual(('cloud-b', self.pki.b.ca.ca_file),
+                         (stores['cloud-b'].cloud_id,
+                          stores['cloud-b'].ca_file))
+
+    def test_option_format(self):
+        # What operators write: <cloud-id>:<CA bundle>, comma-separated.
+        path = os.path.join(self.dir, 'secmig.conf')
+        with open(path, 'w') as f:
+            f.write('[secmig]\ncloud_id = cloud-a\npeer_ca_files = '
+                    'cloud-b:%s, rogue:%s\n'
+                    % (self.pki.b.ca.ca_file, self.pki.rogue.ca.ca_file))
+        conf = cfg.ConfigOpts()
+        secmig_conf.register_opts(conf)
+        conf(['--config-file', path])
+        stores = migration.peer_stores_from_conf(conf)
+        self.assertEqual({'cloud-b': self.pki.b.ca.ca_file,
+                          'rogue': self.pki.rogue.ca.ca_file},
+                         {k: v.ca_file for k, v in stores.items()})
+
+    def test_own_cloud_refused(self):
+        # The own cloud's CA is [secmig] ca_file (and its CRL); as a peer
+        # it would make a host of this cloud look like another cloud's.
+        e = self.assertError('config_invalid',
+                             migration.peer_stores_from_conf,
+                             self.conf({'cloud-b': self.pki.b.ca.ca_file,
+                                        'cloud-a': self.pki.a.ca.ca_file}))
+        self.assertIn('peer_ca_files names this host\'s own cloud cloud-a',
+                      str(e))
+
+    def test_missing_ca_refused(self):
+        missing = os.path.join(self.dir, 'none.crt')
+        e = self.assertError('config_invalid',
+                             migration.peer_stores_from_conf,
+                             self.conf({'cloud-b': missing}))
+        self.assertIn('cannot load the CA bundle %s of cloud cloud-b'
+                      % missing, str(e))
+
+    def test_not_a_ca_refused(self):
+        garbage = os.path.join(self.dir, 'garbage.crt')
+        with open(garbage, 'w') as f:
+            f.write('not a certificate\n')
+        for path in (garbage, self.pki.b.hosts['host-b'][1]):
+            e = self.assertError('config_invalid',
+                                 migration.peer_stores_from_conf,
+                                 self.conf({'cloud-b': path}))
+            self.assertIn('cannot load the CA bundle %s' % path, str(e))
+
+    def from_conf(self, conf):
+        with mock.patch.object(migration, 'host_client_from_conf') as hc:
+            secure = migration.SecureMigration.from_conf(conf, host='host-a')
+        self.assertIs(hc.return_value, secure.host_client)
+        return secure
+
+    def test_from_conf_sets_peer_stores(self):
+        secure = self.from_conf(self.conf(
+            {'cloud-b': self.pki.b.ca.ca_file}))
+        self.assertEqual(['cloud-b'], list(secure.peer_stores))
+        self.assertIs(secure.peer_stores['cloud-b'],
+                      secure.trust_store('cloud-b'))
+        self.assertIs(secure.identity.store, secure.trust_store('cloud-a'))
+        self.assertError('unknown_cloud', secure.trust_store, 'rogue')
+
+    def test_from_conf_without_peers(self):
+        secure = self.from_conf(self.conf())
+        self.assertEqual({}, secure.peer_stores)
+        self.assertError('unknown_cloud', secure.trust_store, 'cloud-b')
+
+    def test_from_conf_refuses_bad_peers(self):
+        # nova-compute does not start (driver.init_host: config error).
+        self.assertError('config_invalid', self.from_conf,
+                         self.conf({'cloud-a': self.pki.a.ca.ca_file}))
+
+
 class TestHelpers(testtools.TestCase):
 
     def test_socket_paths(self):
