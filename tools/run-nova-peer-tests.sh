@@ -22,7 +22,7 @@
 # (which blocks in C while it waits for a lock) shares one OS thread with
 # every green thread of the test, which can stall a run.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 suite=${1:-all}
 [ $# -gt 0 ] && shift
 PY=.venv/bin/python
@@ -32,15 +32,25 @@ export OS_NOVA_DISABLE_EVENTLET_PATCHING=${OS_NOVA_DISABLE_EVENTLET_PATCHING:-1}
 # nova's test base fails a test that runs longer than this (seconds)
 # instead of letting it hang the run.
 export OS_TEST_TIMEOUT=${OS_TEST_TIMEOUT:-300}
+# ... and each suite ends after this many seconds, whatever hangs.
+SUITE_TIMEOUT=${SECMIG_NOVA_SUITE_TIMEOUT:-2400}
 
 run_suite() {
     local name=$1 path=$2
     shift 2
     echo "== $name: $path"
     local start=$SECONDS
-    "$PY" -m stestr --test-path "$path" --top-dir ./ --repo-url "$path" \
+    # A hard bound on the whole suite: a test of nova's that deadlocks in
+    # its clean-up (seen under heavy load: an executor shutdown waiting for
+    # a periodic task's future) must fail the run, not hang CI.
+    timeout --kill-after=30 "$SUITE_TIMEOUT" \
+        "$PY" -m stestr --test-path "$path" --top-dir ./ --repo-url "$path" \
         run "$@"
     local rc=$?
+    if [ $rc = 124 ] || [ $rc = 137 ]; then
+        echo "== $name: STOPPED after $SUITE_TIMEOUT s" \
+             "(SECMIG_NOVA_SUITE_TIMEOUT): a test hung, see above"
+    fi
     local add=()
     if [ -n "${SECMIG_TEST_COUNTS:-}" ]; then
         add=(--add-to "$(realpath -m "$SECMIG_TEST_COUNTS")")
