@@ -31,17 +31,10 @@ t0=$SECONDS
 
 [ "$(id -u)" = 0 ] || { echo "install.sh: must run as root" >&2; exit 1; }
 
-missing=()
-command -v mariadbd >/dev/null || missing+=(mariadb-server)
-command -v mariadb-admin >/dev/null || missing+=(mariadb-client)
-command -v rabbitmq-server >/dev/null || missing+=(rabbitmq-server)
-if [ ${#missing[@]} -gt 0 ]; then
-    step "apt-get install ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null ||
-        { apt-get update -q >/dev/null &&
-          apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; }
-fi
+# Maintainer scripts must not start a system MariaDB or RabbitMQ: the cloud
+# starts its own (tools/apt-install.sh keeps them from starting).
+bash "$repo/tools/apt-install.sh" mariadb-server mariadb-client \
+    rabbitmq-server
 if ! command -v libvirtd >/dev/null || ! command -v qemu-system-x86_64 >/dev/null; then
     step "tools/lab/install.sh (libvirt, QEMU)"
     bash "$repo/tools/lab/install.sh"
