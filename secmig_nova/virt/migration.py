@@ -819,7 +819,8 @@ class SecureMigration:
     def from_conf(cls, conf, host=None, **kwargs):
         settings = Settings.from_conf(conf)
         identity = HostIdentity.load(settings, host)
-        kwargs.setdefault('peer_stores', peer_stores_from_conf(conf))
+        if 'peer_stores' not in kwargs:
+            kwargs['peer_stores'] = peer_stores_from_conf(conf)
         client = host_client_from_conf(conf, identity.credentials)
         return cls(settings, identity, client, **kwargs)
 
