@@ -12,6 +12,7 @@ A store that cannot answer (full, or its database unreachable) raises
 
 import abc
 import heapq
+import math
 import threading
 import time
 
@@ -47,12 +48,25 @@ class ReplayStore(metaclass=abc.ABCMeta):
         returns True.
 
         :param key: a string naming the token (issuer and ``jti``).
-        :param expires_at: POSIX time after which the token is refused for
-            its age anyway, so the key may be forgotten.
+        :param expires_at: the last POSIX time at which the token can still
+            verify (its ``exp`` plus the verifier's leeway): the key is
+            remembered through that instant inclusive, and may be
+            forgotten after it. Must be a finite number.
         :returns: True if ``key`` was not remembered (first use), False if
             it was (a replay).
         :raises ReplayStoreError: when the store cannot answer.
         """
+
+
+def expiry(expires_at):
+    """``expires_at`` as a float, refusing what could never expire."""
+    if isinstance(expires_at, bool) or \
+            not isinstance(expires_at, (int, float)):
+        raise ValueError('expires_at must be a number')
+    value = float(expires_at)
+    if not math.isfinite(value):
+        raise ValueError('expires_at must be finite, not %r' % expires_at)
+    return value
 
 
 class MemoryReplayStore(ReplayStore):
@@ -78,8 +92,10 @@ class MemoryReplayStore(ReplayStore):
             return len(self._expiry)
 
     def _purge(self, now):
+        # A key is remembered through its expiry second inclusive: the
+        # token verifies while now <= exp + leeway.
         heap = self._heap
-        while heap and heap[0][0] <= now:
+        while heap and heap[0][0] < now:
             expires_at, key = heapq.heappop(heap)
             if self._expiry.get(key) == expires_at:
                 del self._expiry[key]
@@ -98,7 +114,7 @@ class MemoryReplayStore(ReplayStore):
                     STORE_FULL,
                     'replay store holds %d unexpired token ids; refusing '
                     'new tokens until some expire' % len(self._expiry))
-            expires_at = float(expires_at)
+            expires_at = expiry(expires_at)
             self._expiry[key] = expires_at
             heapq.heappush(self._heap, (expires_at, key))
             return True

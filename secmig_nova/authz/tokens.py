@@ -20,6 +20,7 @@ import base64
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import time
 import uuid
@@ -70,7 +71,16 @@ NOT_YET_VALID = 'token_not_yet_valid'
 WRONG_AUDIENCE = 'token_wrong_audience'
 MISSING_CLAIM = 'token_missing_claim'
 INVALID_CLAIM = 'token_invalid_claim'
+INVALID_TIME = 'token_invalid_time'
 REPLAYED = 'token_replayed'
+
+# Time claims (iat, nbf, exp) must be finite POSIX times in this range:
+# NaN compares false with everything (an ``exp`` of NaN would never
+# expire), an infinite ``exp`` never expires, and values beyond year 9999
+# cannot become a datetime. Bounds are inclusive.
+MIN_TIME = 0
+MAX_TIME = 253402300799  # 9999-12-31T23:59:59Z
+TIME_CLAIMS = ('iat', 'nbf', 'exp')
 
 
 def _b64(der):
@@ -153,6 +163,11 @@ def verify(token, store, typ, role, now=None, leeway=DEFAULT_LEEWAY,
     :raises TokenError: with a named reason, or TrustError for the chain.
     """
     now = time.time() if now is None else now
+    if not is_time(now):
+        # Callers pass a token's own iat to check an old receipt's signer
+        # as it was then: that value is attacker-controlled.
+        raise TokenError(INVALID_TIME, 'verification time %s is not a '
+                         'finite POSIX time' % _short_repr(now))
     header = _unverified_header(token, max_bytes)
     alg = header.get('alg')
     if alg != ALGORITHM:
@@ -179,7 +194,7 @@ def verify(token, store, typ, role, now=None, leeway=DEFAULT_LEEWAY,
     if not isinstance(claims, dict):
         raise TokenError(MALFORMED, 'claims are not an object')
     for name in required:
-        if name not in claims:
+        if claims.get(name) is None:
             raise TokenError(MISSING_CLAIM, 'claim %r is required' % name)
     _check_times(claims, now, leeway)
     if audience is not None and claims.get('aud') != audience:
@@ -193,19 +208,30 @@ def _as_datetime(ts):
     return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc)
 
 
+def is_time(value):
+    """Whether ``value`` is a usable time claim (see :data:`MAX_TIME`)."""
+    return (not isinstance(value, bool) and isinstance(value, (int, float))
+            and math.isfinite(value) and MIN_TIME <= value <= MAX_TIME)
+
+
 def _number(claims, name):
-    value = claims.get(name)
-    if value is None:
+    if name not in claims:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TokenError(INVALID_CLAIM, 'claim %r must be a number' % name)
+    value = claims[name]
+    if not is_time(value):
+        raise TokenError(INVALID_TIME, 'claim %r must be a finite POSIX time '
+                         'between %d and %d, not %s'
+                         % (name, MIN_TIME, MAX_TIME, _short_repr(value)))
     return value
 
 
+def _short_repr(value):
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + '...'
+
+
 def _check_times(claims, now, leeway):
-    exp = _number(claims, 'exp')
-    nbf = _number(claims, 'nbf')
-    iat = _number(claims, 'iat')
+    exp, nbf, iat = (_number(claims, name) for name in ('exp', 'nbf', 'iat'))
     if exp is not None and now > exp + leeway:
         raise TokenError(EXPIRED, 'token expired %.0f s ago' % (now - exp))
     if nbf is not None and now + leeway < nbf:

@@ -31,10 +31,19 @@ from secmig_nova.broker.db import api as db_api
 from secmig_nova.broker.db import models
 from secmig_nova.broker import envelope
 from secmig_nova.trust import errors as trust_errors
+from secmig_nova.tunnel import errors as tunnel_errors
+from secmig_nova.tunnel import receipts
 
 LOG = logging.getLogger(__name__)
+_peer_text = tunnel_errors.peer_text
 
 RATE_WINDOW = 60.0
+# list_migrations: records per answer when the caller names no limit, and
+# the most it may ask for.
+DEFAULT_LIST_LIMIT = 100
+MAX_LIST_LIMIT = 1000
+# record_receipt: an envelope has room for one connection's two receipts.
+MAX_PAIRS_PER_REPORT = envelope.EMBEDDED_TOKENS['record_receipt'] // 2
 _TOKEN_FIELDS = ('ticket', 'token')
 
 
@@ -359,6 +368,7 @@ class BrokerManager:
         grant_claims = tokens.unverified_claims(grant)
         self.db.transition(
             mid, 'destination', models.GRANTED,
+            instance_uuid=ticket.instance_uuid, streams=streams,
             project_id=ticket.project_id,
             user_id=ticket.user_id, src_cloud=src_cloud,
             src_host=payload['src_host'],
@@ -402,6 +412,11 @@ class BrokerManager:
             raise Refused('ticket_mismatch', 'ticket names destination %s, '
                           'registered host is %s'
                           % (ticket.dst_host, record['dst_host']))
+        if record['instance_uuid'] and \
+                record['instance_uuid'] != ticket.instance_uuid:
+            raise Refused('ticket_mismatch', 'ticket names instance %s, the '
+                          'destination registered instance %s'
+                          % (ticket.instance_uuid, record['instance_uuid']))
         return record
 
     def _admit(self, src_cloud, project_id):
@@ -428,7 +443,18 @@ class BrokerManager:
 
     @_answer
     def record_receipt(self, ctxt, envelope_token):
-        """A host reports a migration's end with the tunnel receipts."""
+        """A host reports a migration's end with the tunnel receipts.
+
+        Hosts send one connection's receipt pair per request (envelopes
+        are capped). A pair is stored only if it verifies against the grant
+        this cloud recorded: two distinct hosts, each of the cloud and with
+        the fingerprint the grant names for its role, the same migration,
+        instance, grant and totals, the destination's receipt referencing
+        the source's, and a connection the grant allowed. A migration
+        reported completed becomes ``completed`` only once a verified pair
+        is stored for every connection of its grant; until then (or when a
+        pair was refused) it is ``incomplete``, with the reason.
+        """
         payload, _claims, host = self._open(envelope_token, 'record_receipt',
                                             'host')
         self._require(payload, 'migration_id', 'status')
@@ -447,54 +473,95 @@ class BrokerManager:
         if record is None:
             raise Refused('wrong_host', '%s is neither host of migration %s'
                           % (host.identity.urn, mid))
-        stored = 0
-        for conn in payload.get('connections') or []:
-            stored += self._store_receipts(record, conn)
+        connections = payload.get('connections') or []
+        if not isinstance(connections, list) or \
+                len(connections) > MAX_PAIRS_PER_REPORT:
+            raise Refused('bad_request', 'connections must be a list of at '
+                          'most %d receipt pair(s)' % MAX_PAIRS_PER_REPORT)
+        stored, refused = 0, []
+        for conn in connections:
+            try:
+                stored += self._store_pair(record, conn)
+            except Refused as e:
+                refused.append(e.args[0])
         status = payload['status']
-        new_state = {'completed': models.COMPLETED,
-                     'aborted': models.ABORTED}.get(status, models.FAILED)
-        if new_state == models.COMPLETED and not stored:
-            raise Refused('receipt_invalid', 'a completed migration needs '
-                          'verified receipts')
+        if status == 'completed':
+            missing = self._missing_pairs(record)
+            problems = list(refused)
+            if missing:
+                problems.append('no verified receipt pair yet for %s'
+                                % ', '.join(missing))
+            new_state = models.INCOMPLETE if problems else models.COMPLETED
+            reason = '; '.join(problems) or 'completed: a verified receipt '\
+                'pair for each of the grant\'s connections'
+        else:
+            new_state = (models.ABORTED if status == 'aborted'
+                         else models.FAILED)
+            reason = _peer_text(payload.get('reason') or status)
+            if refused:
+                reason += '; ' + '; '.join(refused)
         if record['state'] not in models.FINAL_STATES:
             try:
                 self.db.transition(mid, record['side'], new_state,
-                                   reason=payload.get('reason') or status)
+                                   reason=reason)
             except db_api.InvalidTransition as e:
                 raise Refused('bad_state', str(e))
+        if refused:
+            raise Refused('receipt_invalid', '; '.join(refused))
         return {'migration_id': mid, 'receipts_stored': stored,
                 'state': self.db.get_migration(mid, record['side'])['state']}
 
-    def _store_receipts(self, record, conn):
-        stores = self._stores()
-        stored = 0
-        for role, cloud, fp in (
-                ('source', record['src_cloud'], record['src_fingerprint']),
-                ('destination', record['dst_cloud'],
-                 record['dst_fingerprint'])):
-            token = conn.get('%s_receipt' % role)
-            if not token:
-                continue
-            try:
-                claims, peer = tokens.verify_receipt(
-                    token, stores[cloud], expected_fingerprint=fp,
-                    now=self.clock())
-            except (tokens.TokenError, trust_errors.TrustError,
-                    KeyError) as e:
-                raise Refused('receipt_invalid', '%s receipt refused: %s'
-                              % (role, e))
-            if claims['migration_id'] != record['id'] or \
-                    claims['role'] != role:
-                raise Refused('receipt_invalid', 'receipt is for %s/%s'
-                              % (claims['migration_id'], claims['role']))
-            # Verified; the other host of a same-cloud migration may have
-            # stored it already, which counts as stored.
-            self.db.add_receipt(
-                record['id'], role, claims.get('stream_kind', ''),
-                int(claims.get('connection_index', 0)),
-                peer.identity.urn, token, tokens.token_digest(token))
-            stored += 1
-        return stored
+    def _store_pair(self, record, conn):
+        """Verify one connection's receipt pair against ``record``; store.
+
+        :returns: how many receipts were stored (0 or 2).
+        :raises Refused: when the pair does not verify.
+        """
+        if not isinstance(conn, dict):
+            raise Refused('receipt_invalid', 'a connection must be an object')
+        source, destination = (conn.get('source_receipt'),
+                               conn.get('destination_receipt'))
+        if not isinstance(source, str) or not isinstance(destination, str):
+            raise Refused('receipt_invalid', 'a connection needs both its '
+                          'source and its destination receipt')
+        expected = receipts.expectation_from_records(
+            {record['side']: record})
+        if expected is None:
+            raise Refused('receipt_invalid', 'migration %s has no grant'
+                          % record['id'])
+        result = receipts.verify_pair(source, destination, self._stores(),
+                                      expected=expected)
+        if not result.ok:
+            raise Refused('receipt_invalid', 'receipt pair %s refused: %s'
+                          % (result.label, '; '.join(
+                              '%s: %s' % (c.name, c.detail)
+                              for c in result.failed)))
+        kind = result.claims.get('stream_kind')
+        index = result.claims.get('connection_index')
+        allowed = (record['streams'] or {}).get(kind)
+        if not (isinstance(index, int) and not isinstance(index, bool)
+                and isinstance(allowed, int) and 0 <= index < allowed):
+            raise Refused('receipt_invalid', 'receipt pair %s is for a '
+                          'connection the grant did not allow (%s)'
+                          % (result.label, record['streams']))
+        # Verified; the other host of a same-cloud migration may have
+        # stored them already, which counts as stored.
+        for role, token in (('source', source),
+                            ('destination', destination)):
+            signer = tokens.unverified_claims(token)['iss']
+            self.db.add_receipt(record['id'], role, kind, index, signer,
+                                token, tokens.token_digest(token))
+        return 2
+
+    def _missing_pairs(self, record):
+        """``kind#index`` of the grant's connections without a stored pair."""
+        have = {(r['stream_kind'], r['connection_index'], r['role'])
+                for r in self.db.receipts(record['id'])}
+        return ['%s#%d' % (kind, index)
+                for kind, count in sorted((record['streams'] or {}).items())
+                for index in range(count)
+                if not all((kind, index, role) in have
+                           for role in tokens.RECEIPT_ROLES)]
 
     @_answer
     def get_migration(self, ctxt, envelope_token):
@@ -514,10 +581,22 @@ class BrokerManager:
         """Recent migration records, optionally by project or state."""
         payload, _claims, _host = self._open(envelope_token,
                                              'list_migrations', 'host')
+        limit = payload.get('limit')
+        limit = DEFAULT_LIST_LIMIT if limit is None else limit
+        if isinstance(limit, bool) or not isinstance(limit, int) or \
+                not 1 <= limit <= MAX_LIST_LIMIT:
+            raise Refused('bad_request', 'limit must be an integer from 1 '
+                          'to %d, not %s' % (MAX_LIST_LIMIT,
+                                             _peer_text(limit)))
+        for name in ('project_id', 'state'):
+            value = payload.get(name)
+            if value is not None and (not isinstance(value, str)
+                                      or len(value) > 255):
+                raise Refused('bad_request', '%s must be a string of at '
+                              'most 255 characters' % name)
         return {'migrations': self.db.list_migrations(
             project_id=payload.get('project_id'),
-            state=payload.get('state'),
-            limit=min(int(payload.get('limit') or 100), 1000))}
+            state=payload.get('state'), limit=limit)}
 
 
 def _granted_streams(requested, registered):

@@ -10,6 +10,7 @@
     secmig-nova-manage db version [--config-file F ...] [--connection URL]
     secmig-nova-manage receipts verify FILE|MIGRATION-ID
                                  --ca CLOUD=CA.pem [--ca ...] [--crl ...]
+                                 [--grant GRANT-FILE]
                                  [--config-file F ...] [--connection URL]
     secmig-nova-manage receipts list|show [MIGRATION-ID] [--config-file F]
     secmig-nova-manage status --config-file /etc/nova/nova-cpu.conf ...
@@ -137,17 +138,20 @@ def _broker_db(args):
 
 
 def _receipts_verify(args):
-    import json
     import os
     from secmig_nova.tunnel import receipts
     stores = _stores(args)
+    records = None
     if os.path.exists(args.source):
-        with open(args.source) as f:
-            pairs = receipts.pairs_from_document(json.load(f))
+        doc = _read_json(args.source)
+        pairs = receipts.pairs_from_document(doc)
+        if isinstance(doc, dict) and 'records' in doc:
+            records = doc['records']  # receipts show's output
     else:
         db = _broker_db(args)
         try:
             rows = db.receipts(args.source)
+            records = db.find_migration(args.source)
         finally:
             db.dispose()
         if not rows:
@@ -158,21 +162,72 @@ def _receipts_verify(args):
     if not pairs:
         print('no receipt pairs in %s' % args.source, file=sys.stderr)
         return 1
+    expected = receipts.expectation_from_records(records)
+    if args.grant:
+        expected = _grant_expectation(args.grant, stores, expected)
+    if expected is None:
+        print('note: no grant given (--grant) or recorded: the receipts '
+              'are checked against each other, not against a grant')
     failed = 0
     for source, destination in pairs:
-        result = receipts.verify_pair(source, destination, stores)
+        result = receipts.verify_pair(source, destination, stores,
+                                      expected=expected)
         print('%s: %s' % (result.label, 'OK' if result.ok else 'FAILED'))
         for check in result.checks:
             print('  [%s] %s: %s' % ('ok' if check.ok else 'FAILED',
                                      check.name, check.detail))
         if result.ok:
-            totals = result.claims
-            print('  %s bytes to the destination (sha256 %s), %s back'
-                  % (totals['src_to_dst']['bytes'],
-                     totals['src_to_dst']['sha256'],
-                     totals['dst_to_src']['bytes']))
+            print('  %s' % receipts.totals_text(result.claims))
         failed += not result.ok
     return 1 if failed else 0
+
+
+# Receipt files hold a few receipts per connection (about 2 KB each).
+MAX_RECEIPTS_FILE_BYTES = 16 * 1024 * 1024
+
+
+def _read_json(path):
+    """A JSON document from an untrusted file; ValueError if it is not."""
+    import json
+    with open(path, 'rb') as f:
+        data = f.read(MAX_RECEIPTS_FILE_BYTES + 1)
+    if len(data) > MAX_RECEIPTS_FILE_BYTES:
+        raise ValueError('%s is larger than %d bytes'
+                         % (path, MAX_RECEIPTS_FILE_BYTES))
+    try:
+        return json.loads(data.decode('utf-8'))
+    except RecursionError:
+        raise ValueError('%s nests JSON too deeply' % path)
+    except ValueError as e:
+        raise ValueError('%s is not JSON: %s' % (path, e))
+
+
+def _grant_expectation(path, stores, recorded):
+    """The claims a grant (compact JWS in ``path``) binds, verified."""
+    from secmig_nova.authz import tokens
+    from secmig_nova.tunnel import errors
+    from secmig_nova.tunnel import receipts
+    with open(path, 'rb') as f:
+        token = f.read(tokens.MAX_TOKEN_BYTES + 2).decode('ascii').strip()
+    try:
+        claims = tokens.unverified_claims(token)
+        store = stores.get(claims.get('dst_cloud'))
+        if store is None:
+            raise ValueError('no CA bundle for the grant\'s destination '
+                             'cloud %s' % errors.peer_text(
+                                 claims.get('dst_cloud')))
+        # Grants live minutes; check the broker's chain as it was then.
+        iat = claims.get('iat')
+        grant = tokens.verify_grant(token, store,
+                                    now=iat if tokens.is_time(iat) else None)
+    except tokens.TokenError as e:
+        raise ValueError('grant refused: %s' % errors.peer_text(e))
+    expected = receipts.expectation_from_grant(grant)
+    if recorded is not None and recorded != expected:
+        raise ValueError('grant %s is not the grant the broker recorded '
+                         '(%s)' % (grant.jti, errors.peer_text(
+                             recorded.get('grant_jti'))))
+    return expected
 
 
 def _receipts_list(args):
@@ -277,6 +332,8 @@ def build_parser():
     p.add_argument('--ca', action='append',
                    help='CLOUD=CA bundle of a cloud (repeatable)')
     p.add_argument('--crl', action='append', help='CLOUD=CRL (optional)')
+    p.add_argument('--grant', help='file with the migration\'s grant (a '
+                   'compact JWS): both receipts must be bound to it')
     p.set_defaults(func=_receipts_verify)
     p = r_sub.add_parser('list', help='recent migrations in the broker '
                          'database')

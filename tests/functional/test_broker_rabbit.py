@@ -23,6 +23,7 @@ from secmig_nova.broker import rpcapi
 from secmig_nova.trust import store
 from tests.fixtures import brokers as broker_fixtures
 from tests.fixtures import pki as pki_fixture
+from tests.fixtures import receipts
 from tests.functional.fixtures import broker_process
 from tests.functional.fixtures import keystone as ks_fixture
 from tests.functional.fixtures import rabbitmq
@@ -144,15 +145,11 @@ class TestBrokerFlows(BrokersOnRabbit):
 
     def test_receipts_recorded(self):
         mid = self.register()
-        grant = tokens.unverified_claims(self.grant(mid,
-                                                    self.authorize(mid)))
-        claims = {'migration_id': mid, 'stream_kind': 'memory',
-                  'connection_index': 0, 'grant_jti': grant['jti']}
-        conn = {'source_receipt': tokens.sign_receipt(
-            self.pki.a.credentials('host-a'), dict(claims, role='source')),
-            'destination_receipt': tokens.sign_receipt(
-                self.pki.b.credentials('host-b'),
-                dict(claims, role='destination'))}
+        grant = tokens.verify_grant(
+            self.grant(mid, self.authorize(mid)),
+            store.TrustStore.load(**self.pki.b.trust()))
+        conn = receipts.pair(grant, self.pki.a.credentials('host-a'),
+                             self.pki.b.credentials('host-b'))
         out = self.host('cloud-b', 'host-b').record_receipt(
             mid, 'completed', [conn])
         self.assertEqual((2, models.COMPLETED),

@@ -72,7 +72,7 @@ class TestReceiptsVerify(harness.TunnelTestCase):
         res = manage('receipts', 'verify', self._file(self.outcome),
                      '--ca', 'cloud-a=%s' % self.pki.a.ca.ca_file)
         self.assertEqual(1, res.returncode)
-        self.assertIn("no CA bundle for cloud 'cloud-b'", res.stdout)
+        self.assertIn("no CA bundle for cloud cloud-b", res.stdout)
 
     def test_by_migration_id_from_the_broker_database(self):
         url = 'sqlite:///%s' % os.path.join(self.dir, 'broker.sqlite')

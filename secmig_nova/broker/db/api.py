@@ -290,13 +290,15 @@ class DatabaseReplayStore(replay.ReplayStore):
             with self.db.writer() as session:
                 existing = session.get(models.ReplayEntry, key)
                 if existing is not None:
-                    if existing.expires_at > now:
+                    # Remembered through expires_at inclusive (see
+                    # ReplayStore.check_and_remember).
+                    if existing.expires_at >= now:
                         LOG.warning('Replay of %s refused', key)
                         return False
                     session.delete(existing)
                     session.flush()
-                session.add(models.ReplayEntry(key=key,
-                                               expires_at=float(expires_at)))
+                session.add(models.ReplayEntry(
+                    key=key, expires_at=replay.expiry(expires_at)))
         except db_exc.DBDuplicateEntry:
             LOG.warning('Replay of %s refused (concurrent use)', key)
             return False
@@ -309,5 +311,5 @@ class DatabaseReplayStore(replay.ReplayStore):
     def _purge(self, now):
         with self.db.writer() as session:
             session.execute(sa.delete(models.ReplayEntry).where(
-                models.ReplayEntry.expires_at <= now))
+                models.ReplayEntry.expires_at < now))
         self._last_purge = now

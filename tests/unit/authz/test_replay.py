@@ -32,9 +32,20 @@ class MemoryReplayStoreTest(testtools.TestCase):
         self.assertTrue(self.store.check_and_remember('k', 1010))
         self.clock.now = 1009.9
         self.assertFalse(self.store.check_and_remember('k', 1010))
+        # Remembered through its expiry instant inclusive: a token still
+        # verifies at exactly exp + leeway.
         self.clock.now = 1010.0
+        self.assertFalse(self.store.check_and_remember('k', 1010))
+        self.clock.now = 1010.001
         self.assertTrue(self.store.check_and_remember('k', 1020))
         self.assertEqual(1, len(self.store))
+
+    def test_non_finite_expiry_is_refused(self):
+        for value in (float('nan'), float('inf'), float('-inf'), '1010',
+                      None, True):
+            self.assertRaises(ValueError, self.store.check_and_remember,
+                              'k-%r' % (value,), value)
+        self.assertEqual(0, len(self.store))
 
     def test_full_store_refuses_instead_of_evicting(self):
         for i in range(3):

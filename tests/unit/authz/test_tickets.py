@@ -17,6 +17,7 @@ import uuid
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives import serialization
+import fixtures
 import jwt
 import testtools
 
@@ -246,6 +247,35 @@ class TicketTest(testtools.TestCase):
         jti = _split(token)[1]['jti']
         self.assertRefused(tokens.REPLAYED, self.issue(jti=jti))
 
+    def test_replay_refused_through_the_last_second_it_verifies(self):
+        # The ticket verifies while now <= exp + leeway; its jti must be
+        # remembered through that very instant, in both replay stores.
+        from secmig_nova.broker.db import api as db_api
+        from secmig_nova.broker.db import migration as db_migration
+        url = 'sqlite:///%s' % self.useFixture(
+            fixtures.TempDir()).join('replay.sqlite')
+        db_migration.sync(url)
+        db = db_api.Database(url)
+        self.addCleanup(db.dispose)
+        clock = [0.0]
+        stores = (replay.MemoryReplayStore(clock=lambda: clock[0]),
+                  db_api.DatabaseReplayStore(db, clock=lambda: clock[0]))
+        for store in stores:
+            token = self.issue()
+            last = _split(token)[1]['exp'] + tokens.DEFAULT_LEEWAY
+            clock[0] = self.now + 1
+            self.verify(token, replay_store=store, now=clock[0])
+            clock[0] = last
+            self.assertRefused(tokens.REPLAYED, token, replay_store=store,
+                               now=last)
+            if isinstance(store, db_api.DatabaseReplayStore):
+                store._purge(last)  # a purge at that second keeps it too
+                self.assertRefused(tokens.REPLAYED, token,
+                                   replay_store=store, now=last)
+            clock[0] = last + 1
+            self.assertRefused(tokens.EXPIRED, token, replay_store=store,
+                               now=last + 1)
+
     def test_jti_consumed_only_after_verification(self):
         token = self.issue()
         self.assertRefused(tokens.WRONG_AUDIENCE, token, audience='cloud-c')
@@ -284,7 +314,8 @@ class TicketTest(testtools.TestCase):
                             ('exp', 'tomorrow')):
             header, claims, _sig = _split(self.issue())
             claims[name] = value
-            self.assertRefused(tokens.INVALID_CLAIM,
+            self.assertRefused(tokens.INVALID_TIME if name == 'exp'
+                               else tokens.INVALID_CLAIM,
                                self.resign(header, claims))
 
     def test_lifetime_is_bounded(self):

@@ -312,7 +312,7 @@ class GrantTest(TokenTestBase):
                             ('iat', [self.now]), ('nbf', 'soon')):
             claims = self.grant_claims()
             claims[name] = value
-            self.assertGrantRefused('token_invalid_claim',
+            self.assertGrantRefused('token_invalid_time',
                                     self.signed(claims))
 
     def test_uses_injected_clock(self):
@@ -445,8 +445,10 @@ class ReceiptTest(TokenTestBase):
         for role in ('broker', 'Source', '', None):
             token = tokens.sign_receipt(self.host_a,
                                         self.receipt_claims(role=role))
-            self.assertToken('token_invalid_claim', tokens.verify_receipt,
-                             token, self.store_a)
+            # A null claim is a missing one.
+            self.assertToken('token_missing_claim' if role is None
+                             else 'token_invalid_claim',
+                             tokens.verify_receipt, token, self.store_a)
 
     def test_required_claims(self):
         for name in ('migration_id', 'role'):

@@ -18,6 +18,7 @@ from secmig_nova.broker import envelope
 from secmig_nova.broker import manager
 from secmig_nova.broker import rpcapi
 from tests.fixtures import brokers
+from tests.fixtures import receipts
 
 OPS = ('migration_operator', 'cross_cloud_operator')
 
@@ -103,40 +104,131 @@ class TestFlows(BrokerTestCase):
     def test_receipts_recorded_and_listed(self):
         mid, _ticket, grant_token = self.t.migrate()
         grant = tokens.verify_grant(grant_token, self.t.b.store)
-        conn = self._receipts(mid, grant)
-        out = self.t.host_b.record_receipt(mid, 'completed', [conn])
+        out = self.t.host_b.record_receipt(mid, 'completed',
+                                           [self._receipts(mid, grant)])
         self.assertEqual(2, out['receipts_stored'])
+        # The grant allowed two memory connections: one pair is not enough.
+        self.assertEqual(models.INCOMPLETE, out['state'])
+        self.assertIn('no verified receipt pair yet for memory#1',
+                      self.t.b.db.get_migration(mid, 'destination')['reason'])
+        out = self.t.host_b.record_receipt(
+            mid, 'completed', [self._receipts(mid, grant, index=1)])
         self.assertEqual(models.COMPLETED, out['state'])
         record = self.t.host_b.get_migration(mid)
-        self.assertEqual(['destination', 'source'],
+        self.assertEqual(['destination', 'destination', 'source', 'source'],
                          sorted(r['role'] for r in record['receipts']))
         self.assertEqual(models.COMPLETED,
                          record['records']['destination']['state'])
         listed = self.t.host_b.list_migrations(project_id='proj-1')
         self.assertIn(mid, [m['id'] for m in listed['migrations']])
 
-    def _receipts(self, mid, grant, tamper=False):
-        claims = {'migration_id': mid, 'stream_kind': 'memory',
-                  'connection_index': 0, 'grant_jti': grant.jti,
-                  'src_to_dst': {'bytes': 1, 'sha256': '0' * 64}}
-        src = tokens.sign_receipt(self.pki.a.credentials('host-a'),
-                                  dict(claims, role='source'))
-        dst = tokens.sign_receipt(self.pki.b.credentials('host-b'),
-                                  dict(claims, role='destination'))
+    def _receipts(self, mid, grant, tamper=False, index=0, src_signer=None,
+                  dst_signer=None, **overrides):
+        """A connection's receipt pair, as two tunnels would sign it."""
+        self.assertEqual(mid, grant.migration_id)
+        conn = receipts.pair(
+            grant, src_signer or self.pki.a.credentials('host-a'),
+            dst_signer or self.pki.b.credentials('host-b'), index=index,
+            **overrides)
         if tamper:
-            head, body, sig = dst.split('.')
-            dst = '.'.join((head, body[:-3] + 'AAA', sig))
-        return {'source_receipt': src, 'destination_receipt': dst}
+            head, body, sig = conn['destination_receipt'].split('.')
+            conn['destination_receipt'] = '.'.join((head, body[:-3] + 'AAA',
+                                                    sig))
+        return conn
+
+    def assertIncomplete(self, mid, conn, detail, host=None):
+        """``conn`` is refused and leaves the record incomplete."""
+        host = host or self.t.host_b
+        e = self.assertRefused('receipt_invalid', host.record_receipt, mid,
+                               'completed', [conn])
+        self.assertIn(detail, str(e))
+        side = 'destination' if host is self.t.host_b else 'source'
+        db = self.t.b.db if host is self.t.host_b else self.t.a.db
+        record = db.get_migration(mid, side)
+        self.assertEqual(models.INCOMPLETE, record['state'])
+        self.assertIn(detail, record['reason'])
+        self.assertEqual([], db.receipts(mid))
 
     def test_receipt_with_bad_signature_refused(self):
         mid, _ticket, grant_token = self.t.migrate()
         grant = tokens.verify_grant(grant_token, self.t.b.store)
-        self.assertRefused('receipt_invalid', self.t.host_b.record_receipt,
-                           mid, 'completed',
-                           [self._receipts(mid, grant, tamper=True)])
-        self.assertEqual(models.GRANTED,
-                         self.t.b.db.get_migration(
-                             mid, 'destination')['state'])
+        self.assertIncomplete(mid, self._receipts(mid, grant, tamper=True),
+                              'destination_signature')
+
+    def test_one_receipt_is_not_a_completed_migration(self):
+        mid, _ticket, grant_token = self.t.migrate(streams={'memory': 1})
+        grant = tokens.verify_grant(grant_token, self.t.b.store)
+        conn = self._receipts(mid, grant)
+        for role in ('source', 'destination'):
+            self.assertIncomplete(
+                mid, {'%s_receipt' % role: conn['%s_receipt' % role]},
+                'needs both its source and its destination receipt')
+        out = self.t.host_b.record_receipt(mid, 'completed', [conn])
+        self.assertEqual(models.COMPLETED, out['state'])
+
+    def test_completed_without_receipts_is_incomplete(self):
+        mid, _ticket, _grant = self.t.migrate(streams={'memory': 1})
+        out = self.t.host_a.record_receipt(mid, 'completed')
+        self.assertEqual(models.INCOMPLETE, out['state'])
+        self.assertIn('memory#0', self.t.a.db.get_migration(
+            mid, 'source')['reason'])
+
+    def test_pair_signed_by_one_host_is_refused(self):
+        # The destination host signs both receipts, claiming to be the
+        # source as well: refused whichever fingerprints it claims.
+        mid, _ticket, grant_token = self.t.migrate(streams={'memory': 1})
+        grant = tokens.verify_grant(grant_token, self.t.b.store)
+        host_b = self.pki.b.credentials('host-b')
+        self.assertIncomplete(mid, self._receipts(
+            mid, grant, src_signer=host_b), 'source_signature')
+        self.assertIncomplete(mid, self._receipts(
+            mid, grant, src_signer=host_b,
+            src_fingerprint=grant.dst_fingerprint, src_cloud='cloud-b'),
+            'distinct_hosts')
+
+    def test_receipts_the_host_made_up_are_refused(self):
+        mid, _ticket, grant_token = self.t.migrate(streams={'memory': 1})
+        grant = tokens.verify_grant(grant_token, self.t.b.store)
+        other = self.pki.a.credentials('host-a2')
+        for conn, detail in (
+                (self._receipts(mid, grant, grant_jti='f' * 32),
+                 'bound_to_grant'),
+                (self._receipts(mid, grant, instance_uuid=str(uuid.uuid4())),
+                 'bound_to_grant'),
+                (self._receipts(mid, grant, src_signer=other,
+                                src_fingerprint=self.pki.fingerprint(
+                                    self.pki.a, 'host-a2')),
+                 'bound_to_grant'),
+                (self._receipts(mid, grant, index=1),
+                 'a connection the grant did not allow'),
+                (self._receipts(mid, grant, stream_kind='disk'),
+                 'a connection the grant did not allow')):
+            self.assertIncomplete(mid, conn, detail)
+        # The real pair still completes it.
+        out = self.t.host_b.record_receipt(mid, 'completed',
+                                           [self._receipts(mid, grant)])
+        self.assertEqual(models.COMPLETED, out['state'])
+
+    def test_source_side_needs_its_pairs_too(self):
+        mid, _ticket, grant_token = self.t.migrate(streams={'memory': 1})
+        grant = tokens.verify_grant(grant_token, self.t.b.store)
+        self.assertIncomplete(mid, self._receipts(mid, grant, tamper=True),
+                              'destination_signature', host=self.t.host_a)
+        out = self.t.host_a.record_receipt(mid, 'completed',
+                                           [self._receipts(mid, grant)])
+        self.assertEqual(models.COMPLETED, out['state'])
+
+    def test_list_migrations_limit_is_validated(self):
+        self.t.migrate()
+        for limit in (0, -1, -5, 1001, 10 ** 30, 1.5, '10', True, [10]):
+            e = self.assertRefused('bad_request',
+                                   self.t.host_b.list_migrations,
+                                   limit=limit)
+            self.assertIn('limit must be an integer from 1 to 1000', str(e))
+        self.assertEqual(1, len(self.t.host_b.list_migrations(
+            limit=1)['migrations']))
+        self.assertRefused('bad_request', self.t.host_b.list_migrations,
+                           state=['granted'])
 
     def test_failure_report_moves_to_failed(self):
         mid, _ticket, _grant = self.t.migrate()

@@ -23,6 +23,7 @@ from secmig_nova.trust import certs
 from secmig_nova.tunnel import errors
 from secmig_nova.tunnel import params as tunnel_params
 from secmig_nova.tunnel import process
+from tests.fixtures import receipts
 
 _PIDS = itertools.count(40000)
 
@@ -106,11 +107,8 @@ class FakeTunnels:
                     'dst_cloud': grant['dst_cloud'],
                     'tls_version': 'TLSv1.3',
                     'tls_cipher': 'TLS_AES_256_GCM_SHA384'}
-                src_receipt = tokens.sign_receipt(
-                    src, dict(claims, role='source'))
-                dst_receipt = tokens.sign_receipt(dst, dict(
-                    claims, role='destination',
-                    source_receipt_sha256=tokens.token_digest(src_receipt)))
+                src_receipt, dst_receipt = receipts.sign_pair(src, dst,
+                                                              claims)
                 conn = {'kind': kind, 'index': index, 'status': 'completed',
                         'src_to_dst': claims['src_to_dst'],
                         'dst_to_src': claims['dst_to_src'],
