@@ -439,7 +439,9 @@ class ParamsTest(testtools.TestCase):
     def test_non_string_keys(self):
         # from_dict takes Python objects too: nothing may escape as a
         # TypeError.
-        self.assertInvalid(dict(self.source, **{'x': 1}) | {1: 'x'})
+        obj = dict(self.source)
+        obj[1] = 'x'
+        self.assertInvalid(obj)
         self.assertInvalid(self.with_(sockets={1: '/x'}))
         self.assertInvalid(self.with_(peer={('a',): 1}))
 
