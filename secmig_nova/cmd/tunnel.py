@@ -14,6 +14,13 @@ authorization, as rate-limited as their log lines (a reader ignores events
 it does not know). Logs go to standard error through oslo.log.
 Exit status: 0 completed, 1 refused/failed/aborted, 2 bad parameters.
 
+Parameters that cannot be used (unreadable, not strict UTF-8, not JSON, not
+an object, a wrong type or value, an insecure ``key_file`` or
+``socket_mode``) end the process with one ``outcome`` line (``refused``
+and the reason), one log line and exit status 2, never with a traceback;
+any other failure before the tunnel runs ends with an outcome line and
+exit status 1.
+
 This module imports nothing that loads OpenSSL at import time: Python 3.11
 cannot pin TLS 1.3 suites or groups through ``ssl``, so :func:`main` first
 points ``OPENSSL_CONF`` at a generated configuration, then imports the
@@ -48,10 +55,21 @@ def _emit(obj):
 
 
 def _read_params(path):
+    """The parameters as JSON text in strict UTF-8 (``-``: stdin).
+
+    Bytes are decoded here, not by the standard streams: stdin's error
+    handler depends on the locale, and a surrogate-escaped byte would
+    reach the parameters as a string that cannot be encoded again.
+    """
     if path == '-':
-        return json.load(sys.stdin)
-    with open(path) as f:
-        return json.load(f)
+        stream = getattr(sys.stdin, 'buffer', sys.stdin)
+        data = stream.read()
+    else:
+        with open(path, 'rb') as f:
+            data = f.read()
+    if isinstance(data, bytes):
+        data = data.decode('utf-8')
+    return json.loads(data)
 
 
 def _pin_openssl(raw):
@@ -63,7 +81,8 @@ def _pin_openssl(raw):
     from secmig_nova.tunnel import tls_conf
     cipher = raw.get('tls_cipher', tls_conf.DEFAULT_CIPHER)
     curve = raw.get('ecdh_curve', tls_conf.DEFAULT_CURVE)
-    if cipher not in tls_conf.CIPHER_SUITES or \
+    if not isinstance(cipher, str) or not isinstance(curve, str) or \
+            cipher not in tls_conf.CIPHER_SUITES or \
             curve not in tls_conf.GROUPS:
         return None     # parameter validation refuses it with a reason
     fd, path = tempfile.mkstemp(prefix='secmig-openssl-', suffix='.cnf')
@@ -110,26 +129,25 @@ def main(argv=None):
     parser.add_argument('--debug', action='store_true')
     args = parser.parse_args(argv)
 
+    # Until the run starts, every failure ends in an outcome line and an
+    # exit status, never in a traceback: unreadable or malformed
+    # parameters are reported once logging is set up (below, in _run).
+    raw = unreadable = unpinned = None
     try:
         raw = _read_params(args.params)
-    except (OSError, ValueError) as e:
-        _emit({'event': 'outcome', 'status': 'refused',
-               'reason': 'config_invalid',
-               'message': 'cannot read parameters: %s' % e})
-        return EXIT_USAGE
+    except Exception as e:      # OSError, ValueError (JSON, UTF-8), deep
+        unreadable = e          # nesting (RecursionError)...
     if isinstance(raw, dict):
-        _pin_openssl(raw)
-    return _run(raw, args)
+        try:
+            _pin_openssl(raw)
+        except Exception as e:
+            unpinned = e
+    return _run(raw, args, unreadable=unreadable, unpinned=unpinned)
 
 
-def _run(raw, args):
-    # Everything below may load OpenSSL.
+def _setup_logging(args):
     from oslo_config import cfg
     from oslo_log import log as logging
-
-    from secmig_nova.tunnel import endpoint
-    from secmig_nova.tunnel import errors
-    from secmig_nova.tunnel import params as tunnel_params
 
     conf = cfg.ConfigOpts()
     logging.register_options(conf)
@@ -140,15 +158,55 @@ def _run(raw, args):
     if args.debug:
         conf.set_override('debug', True)
     logging.setup(conf, 'secmig-tunnel')
-    log = logging.getLogger('secmig_nova.cmd.tunnel')
+    return logging.getLogger('secmig_nova.cmd.tunnel')
 
+
+def _refuse(log, error, status='refused', code=EXIT_USAGE):
+    """End before the run: one log line, the outcome line, the exit code.
+
+    ``error`` is a TunnelError: its message is printable already (peer
+    text in it went through errors.peer_text()).
+    """
+    if log is not None:
+        log.error('refusing to start: %s', error)
+    else:
+        sys.stderr.write('secmig-tunnel: refusing to start: %s\n' % error)
+        sys.stderr.flush()
+    _emit({'event': 'outcome', 'status': status, 'reason': error.reason,
+           'message': str(error.args[0])})
+    return code
+
+
+def _run(raw, args, unreadable=None, unpinned=None):
+    # Everything below may load OpenSSL.
+    from secmig_nova.tunnel import endpoint
+    from secmig_nova.tunnel import errors
+    from secmig_nova.tunnel import params as tunnel_params
+
+    def config_invalid(what, exc):
+        return errors.TunnelError(
+            errors.CONFIG_INVALID, '%s: %s' % (what, errors.peer_text(
+                str(exc) or type(exc).__name__, limit=500)),
+            notify_peer=False)
+
+    try:
+        log = _setup_logging(args)
+    except Exception as e:      # a bad --config-file, logging options
+        return _refuse(None, config_invalid('cannot set up logging', e))
+    if unreadable is not None:
+        return _refuse(log, config_invalid('cannot read parameters',
+                                           unreadable))
+    if unpinned is not None:
+        return _refuse(log, errors.TunnelError(
+            'internal_error', 'cannot configure OpenSSL: %s'
+            % errors.peer_text(str(unpinned), limit=500),
+            notify_peer=False), status='failed', code=EXIT_FAILED)
     try:
         params = tunnel_params.from_dict(raw)
     except errors.TunnelError as e:
-        log.error('refusing to start: %s', e)
-        _emit({'event': 'outcome', 'status': 'refused', 'reason': e.reason,
-               'message': str(e.args[0])})
-        return EXIT_USAGE
+        return _refuse(log, e)
+    except Exception as e:      # from_dict converts these already
+        return _refuse(log, config_invalid('parameters not usable', e))
 
     side = None
     try:
@@ -156,15 +214,24 @@ def _run(raw, args):
             params, on_event=lambda event: _emit(dict(
                 event, side=params.side, migration_id=params.migration_id)))
         listening = side.listen()
-    except errors.TunnelError as e:
+    except Exception as e:
         if side is not None:
             side.close()
+        error = e
+        if not isinstance(e, errors.TunnelError):
+            # A bug, not a parameter: the traceback is for --debug only.
+            log.debug('unexpected error starting the tunnel',
+                      exc_info=True)
+            error = errors.TunnelError(
+                'internal_error', '%s: %s' % (
+                    type(e).__name__, errors.peer_text(str(e), limit=500)),
+                notify_peer=False)
         log.error('%s tunnel of migration %s refused to start: %s',
-                  params.side, params.migration_id, e)
+                  params.side, params.migration_id, error)
         _emit({'event': 'outcome', 'side': params.side,
                'migration_id': params.migration_id,
-               'status': 'refused' if e.refusal else 'failed',
-               'reason': e.reason, 'message': str(e.args[0]),
+               'status': 'refused' if error.refusal else 'failed',
+               'reason': error.reason, 'message': str(error.args[0]),
                'connections': []})
         return EXIT_FAILED
 

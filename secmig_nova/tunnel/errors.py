@@ -16,6 +16,11 @@ PEER_REFUSED_CERTIFICATE = 'peer_refused_certificate'
 PEER_UNREACHABLE = 'peer_unreachable'
 PEER_ABORTED = 'peer_aborted'
 CONFIG_INVALID = 'config_invalid'
+# Parameters the tunnel refuses to start with because they would expose
+# the migration: a private key readable by group or others, a QEMU socket
+# any local user may connect to.
+KEY_FILE_INSECURE = 'key_file_insecure'
+SOCKET_MODE_INSECURE = 'socket_mode_insecure'
 STREAM_TAMPERED = 'stream_tampered'
 TRUNCATED = 'truncated'
 

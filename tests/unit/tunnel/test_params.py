@@ -6,7 +6,10 @@ explicitly so that the test-hooks switch of the calling shell cannot leak
 in.
 """
 
+import math
 import os
+import shutil
+import tempfile
 
 import fixtures
 from oslo_config import cfg
@@ -298,6 +301,213 @@ class ParamsTest(testtools.TestCase):
         for name in ('local_endpoint_timeout', 'max_clock_skew',
                      'termination_grace'):
             self.assertInvalidValues(name, (-1, -0.5))
+
+    # -- every field's type and content ----------------------------------
+
+    def assertRefusedAs(self, reason, obj):
+        e = self.assertRaises(errors.TunnelError, self.load, obj)
+        self.assertEqual(reason, e.reason, str(e))
+        self.assertFalse(e.notify_peer)
+        self.assertTrue(str(e).isprintable(), str(e))
+        return e
+
+    def test_nul_in_socket_path(self):
+        e = self.assertInvalid(self.with_(
+            sockets={'memory': '/run/secmig/mig-1\x00.sock'}))
+        self.assertIn('sockets.memory', str(e))
+        self.assertIn('\\x00', str(e))
+        self.assertNotIn('\x00', str(e))
+
+    def test_nul_or_control_character_in_any_string(self):
+        for name in ('migration_id', 'cert_file', 'key_file', 'ca_file',
+                     'crl_file', 'grant', 'listen_host',
+                     'advertise_endpoint'):
+            for bad in ('a\x00b', 'a\nb', 'a\x1bb', 'a\u2028b', 'a\ud800b'):
+                e = self.assertInvalid(self.with_(**{name: bad}))
+                self.assertTrue(str(e).isprintable(), str(e))
+        self.assertInvalidValues('cloud_id', ('cloud-a\x00',))
+        good = self.pki.b.trust()
+        for field in ('cloud_id', 'ca_file', 'crl_file'):
+            self.assertInvalid(self.with_(
+                peer=dict(good, **{field: good['ca_file'] + '\x00'})))
+
+    def test_list_where_a_string_is_expected(self):
+        for name in ('side', 'migration_id', 'cloud_id', 'cert_file',
+                     'key_file', 'ca_file', 'crl_file', 'grant',
+                     'listen_host', 'advertise_endpoint', 'tls_cipher',
+                     'ecdh_curve', 'socket_mode'):
+            e = self.assertInvalid(self.with_(**{name: ['x']}))
+            if name not in ('side', 'socket_mode'):
+                self.assertIn('not an array', str(e))
+        self.assertInvalid(self.with_(sockets={'memory': ['/run/x.sock']}))
+        self.assertInvalid(self.with_(
+            peer=dict(self.pki.b.trust(), ca_file=[self.pki.b.ca.ca_file])))
+
+    def test_dict_where_an_integer_is_expected(self):
+        for name in ('port_min', 'port_max', 'checkpoint_bytes',
+                     'chunk_size', 'max_preauth_connections',
+                     'handshake_timeout', 'idle_timeout', 'deadline',
+                     'local_endpoint_timeout', 'max_clock_skew',
+                     'termination_grace'):
+            e = self.assertInvalid(self.with_(**{name: {'value': 1}}))
+            self.assertIn('not an object', str(e))
+        self.assertInvalid(self.with_(expect_connections={'memory': {}}))
+
+    def test_dict_or_list_where_an_object_is_expected_inside(self):
+        for value in ([], 'x', 1):
+            self.assertInvalid(self.with_(expect_connections=value))
+        for value in ([], 'x', 1, ['corrupt_tx_at']):
+            self.assertInvalid(self.with_(test_hooks=value), HOOKS_ON)
+            self.assertInvalid(self.with_(test_hooks=value))
+
+    def test_non_finite_or_negative_durations(self):
+        for name in ('handshake_timeout', 'idle_timeout', 'deadline',
+                     'local_endpoint_timeout', 'max_clock_skew',
+                     'termination_grace'):
+            self.assertInvalidValues(name, (
+                math.nan, math.inf, -math.inf, -1, -0.001, 1e300,
+                10 ** 400, params.MAX_SECONDS + 1))
+            self.load(self.with_(**{name: params.MAX_SECONDS}))
+
+    def test_limits(self):
+        self.assertInvalidValues('checkpoint_bytes', (1 << 63, 10 ** 400))
+        self.assertInvalidValues('port_max', (10 ** 400,))
+        self.assertInvalidValues('chunk_size', (10 ** 400, -(10 ** 400)))
+        self.assertInvalidValues('expect_connections', (
+            {'memory': 65}, {'memory': 10 ** 400}))
+
+    def test_socket_path_must_be_absolute(self):
+        self.assertInvalidValues('sockets', (
+            {'memory': 'mig-1.sock'}, {'memory': './mig-1.sock'},
+            {'memory': '~/mig-1.sock'}))
+
+    def test_socket_path_length(self):
+        base = '/run/secmig/'
+        fits = base + 'm' * (params.SOCKET_PATH_MAX - len(base))
+        self.assertEqual(107, len(fits))
+        self.load(self.with_(sockets={'memory': fits}))
+        self.assertInvalid(self.with_(sockets={'memory': fits + 'm'}))
+        # Bytes count, not characters.
+        self.assertInvalid(self.with_(
+            sockets={'memory': base + '\u00e9' * 48}))
+
+    def test_socket_paths_differ(self):
+        self.assertInvalid(self.with_(
+            self.destination, sockets={'memory': '/run/x.sock',
+                                       'disk': '/run/x.sock'}))
+
+    def test_unknown_socket_kind_is_named(self):
+        e = self.assertInvalid(self.with_(sockets={'cpu\n': '/x'}))
+        self.assertIn('cpu\\x0a', str(e))
+
+    def test_listen_host(self):
+        for host in ('192.0.2.1', '::1', 'fe80::1%eth0', 'compute-1',
+                     'compute-1.example.org', 'localhost'):
+            self.assertEqual(host, self.load(self.with_(
+                self.destination, listen_host=host)).listen_host)
+        self.assertInvalidValues('listen_host', (
+            '', 'host name', 'h\u00f6st', 'a' * 64, '-a', 'a..b',
+            '192.0.2.1:80'), base=self.destination)
+
+    def test_peer_unknown_field(self):
+        e = self.assertInvalid(self.with_(
+            peer=dict(self.pki.b.trust(), cert_file='/x')))
+        self.assertIn('cert_file', str(e))
+
+    def test_trust_is_not_a_parameter(self):
+        # The own trust store comes from cloud_id/ca_file/crl_file; a
+        # "trust" object used to be accepted and ignored.
+        self.assertInvalid(self.with_(trust=self.pki.b.trust()))
+
+    def test_cert_file_must_exist(self):
+        self.assertInvalidValues('cert_file', ('/nonexistent/host.crt',))
+
+    def test_empty_grant(self):
+        self.assertInvalidValues('grant', ('',))
+
+    def test_destination_grant_type(self):
+        self.assertIsNone(self.load(self.with_(self.destination,
+                                               grant=None)).grant)
+        self.assertInvalidValues('grant', (['x'], 7), base=self.destination)
+
+    def test_test_hooks_names_and_values(self):
+        for hooks in ({'corrupt_tx_at': '1'}, {'corrupt_tx_at': True},
+                      {'corrupt_tx_at': -1}, {'corrupt_tx_at': 1.5},
+                      {'drop_everything': 1}):
+            self.assertInvalid(self.with_(test_hooks=hooks), HOOKS_ON)
+
+    def test_non_string_keys(self):
+        # from_dict takes Python objects too: nothing may escape as a
+        # TypeError.
+        obj = dict(self.source)
+        obj[1] = 'x'
+        self.assertInvalid(obj)
+        self.assertInvalid(self.with_(sockets={1: '/x'}))
+        self.assertInvalid(self.with_(peer={('a',): 1}))
+
+    def test_unexpected_exception_is_config_invalid(self):
+        self.useFixture(fixtures.MockPatch(
+            'secmig_nova.tunnel.params._sockets',
+            side_effect=RecursionError('deep\nline')))
+        e = self.assertInvalid(self.source)
+        self.assertIn('RecursionError', str(e))
+        self.assertTrue(str(e).isprintable())
+
+    def test_unknown_names_are_escaped_and_bounded(self):
+        obj = dict(self.source)
+        obj.update({'k%d\n' % i: 1 for i in range(1000)})
+        e = self.assertInvalid(obj)
+        self.assertIn('and 990 more', str(e))
+        self.assertNotIn('\n', str(e))
+        self.assertLess(len(str(e)), 400)
+
+    def test_long_value_is_cut_in_the_message(self):
+        e = self.assertInvalid(self.with_(ca_file='/x' * 100000))
+        self.assertLess(len(str(e)), 400)
+
+    # -- refused as insecure ---------------------------------------------
+
+    def test_world_writable_socket_mode(self):
+        for mode in ('0666', '0662', '0002', '0777', '0606'):
+            e = self.assertRefusedAs('socket_mode_insecure',
+                                     self.with_(socket_mode=mode))
+            self.assertIn(mode, str(e))
+        for mode in ('0660', '0600', '0664', '0640', '0700'):
+            self.load(self.with_(socket_mode=mode))
+
+    def test_socket_mode_is_strict_octal(self):
+        self.assertInvalidValues('socket_mode', (
+            ' 0660', '0660 ', '0_660', '+660', '0o660', '\u0660\u0666\u0660',
+            '00660', 660))
+
+    def key_copy(self, mode):
+        tmp = self.useFixture(fixtures.TempDir()).path
+        key = os.path.join(tmp, 'host.key')
+        shutil.copy(self.source['key_file'], key)
+        os.chmod(key, mode)
+        return key
+
+    def test_key_file_readable_by_group_or_others(self):
+        for mode in (0o644, 0o640, 0o604, 0o620, 0o602, 0o610, 0o601,
+                     0o666):
+            e = self.assertRefusedAs('key_file_insecure', self.with_(
+                key_file=self.key_copy(mode)))
+            self.assertIn('%04o' % mode, str(e))
+            self.assertIn('chmod 600', str(e))
+
+    def test_key_file_0600_accepted(self):
+        key = self.key_copy(0o600)
+        self.assertEqual(key, self.load(self.with_(key_file=key)).key_file)
+        key = self.key_copy(0o400)
+        self.assertEqual(key, self.load(self.with_(key_file=key)).key_file)
+
+    def test_fixture_keys_are_private(self):
+        for cert, key in self.pki.a.hosts.values():
+            self.assertEqual(0, os.stat(key).st_mode & 0o077, key)
+
+    def test_key_file_missing_or_not_a_file(self):
+        self.assertInvalidValues('key_file', (
+            '/nonexistent/host.key', tempfile.gettempdir()))
 
     # -- test hooks -----------------------------------------------------
 
