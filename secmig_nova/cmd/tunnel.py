@@ -248,6 +248,8 @@ def _run(raw, args, unreadable=None, unpinned=None):
         ready['sockets'] = listening
     else:
         ready['endpoint'] = listening
+        # Where it listens, when the grant names another address (NAT).
+        ready['bound'] = side.bound
         ready['bound'] = side.bound
     log.info('%s tunnel of migration %s ready: %s', params.side,
              params.migration_id, listening)

@@ -73,6 +73,17 @@ Directory for the per-migration UNIX sockets that QEMU connects to on the
 source host (``<socket_dir>/<migration-id>.sock``) and listens on at the
 destination. Must exist on both hosts with the same path.
 """),
+    cfg.StrOpt('grant_ledger_dir',
+               default='/var/lib/secmig/used-grants',
+               help="""
+Directory where this host's destination tunnels record each grant
+connection they accepted, so a grant is single-use for the host and not
+only for one tunnel process (a restarted tunnel, or a second one, refuses
+it with ``connection_replayed``). Created with mode 0700 if missing; a
+tunnel that cannot use it refuses to start (``grant_ledger_unavailable``).
+Entries are removed once their grant has expired. Keep it on a local file
+system that survives a restart of nova-compute.
+"""),
     cfg.HostAddressOpt('tunnel_listen_address',
                        default='127.0.0.1',
                        help="""

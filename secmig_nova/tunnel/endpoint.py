@@ -33,6 +33,7 @@ from secmig_nova.trust import store as trust_store
 from secmig_nova.tunnel import connection
 from secmig_nova.tunnel import errors
 from secmig_nova.tunnel import frames
+from secmig_nova.tunnel import ledger
 from secmig_nova.tunnel import preauth
 from secmig_nova.tunnel import tls
 
@@ -627,11 +628,20 @@ class DestinationEndpoint(Endpoint):
         self.endpoint = None
         self.bound = None
         self._used = set()
+        # Keys this process took in the host's ledger (a connection index
+        # the gate evicted before authorization may be tried again here).
+        self._mine = set()
+        self.ledger = ledger.GrantLedger(params.grant_ledger_dir, clock)
         self._local_order = threading.Condition()
         self._next_local = {}
 
     def listen(self):
-        """Bind the first free port of the range; returns ``host:port``."""
+        """Bind the first free port of the range; returns ``host:port``.
+
+        The host's grant ledger is opened first: a tunnel that could not
+        tell a replayed grant never listens.
+        """
+        self.ledger.open()
         p = self.params
         family = socket.AF_INET6 if ':' in p.listen_host else socket.AF_INET
         last = None
@@ -843,6 +853,11 @@ class DestinationEndpoint(Endpoint):
                     'connection_replayed', '%s connection #%d of grant %s '
                     'was already used' % (kind, hello.conn_index,
                                           errors.peer_text(grant.jti)))
+            if key not in self._mine:
+                # Single use across this host's tunnel processes too.
+                self.ledger.consume(grant.jti, kind, hello.conn_index,
+                                    grant.exp + p.max_clock_skew)
+                self._mine.add(key)
             if not self.gate.authorize(slot):
                 raise errors.TunnelError(
                     preauth.EVICTED, 'closed before authorization',

@@ -70,6 +70,8 @@ class TunnelParams:
     deadline: float = 3600.0
     termination_grace: float = 5.0
     socket_mode: int = 0o660
+    # destination: the host's ledger of used grant connections (ledger.py).
+    grant_ledger_dir: str = _DEFAULTS['grant_ledger_dir']
     chunk_size: int = 256 * 1024
     test_hooks: dict = dataclasses.field(default_factory=dict)
 
@@ -324,6 +326,12 @@ def _from_dict(obj, environ):
                   **strings)
     if 'listen_host' in obj:
         kwargs['listen_host'] = _listen_host(obj['listen_host'])
+    if 'grant_ledger_dir' in obj:
+        value = _string('grant_ledger_dir', obj['grant_ledger_dir'])
+        if not os.path.isabs(value):
+            raise _invalid('grant_ledger_dir %s is not an absolute path',
+                           _show(value))
+        kwargs['grant_ledger_dir'] = value
     for name in _STRINGS:
         if name in obj:
             kwargs[name] = _string(name, obj[name])

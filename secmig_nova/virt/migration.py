@@ -96,6 +96,7 @@ class Settings:
     ca_file: str
     crl_file: str = None
     socket_dir: str = '/run/secmig'
+    grant_ledger_dir: str = '/var/lib/secmig/used-grants'
     tunnel_listen_address: str = '127.0.0.1'
     tunnel_port_min: int = 49400
     tunnel_port_max: int = 49499
@@ -130,7 +131,8 @@ class Settings:
                     int(self.tunnel_max_preauth_connections),
                 'local_endpoint_timeout': float(self.local_endpoint_timeout),
                 'idle_timeout': float(self.idle_timeout),
-                'max_clock_skew': float(self.max_clock_skew)}
+                'max_clock_skew': float(self.max_clock_skew),
+                'grant_ledger_dir': self.grant_ledger_dir}
 
 
 @dataclasses.dataclass

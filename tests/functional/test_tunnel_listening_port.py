@@ -349,3 +349,67 @@ class TestPreauthCap(ListeningPortTestCase):
 def _sha(data):
     import hashlib
     return hashlib.sha256(data).hexdigest()
+
+
+class TestGrantSingleUsePerHost(ListeningPortTestCase):
+    """A grant connection is used once per host, not once per process."""
+
+    def _hello_ok(self, endpoint, grant):
+        sock = self.raw_client(endpoint)
+        sock.sendall(self.hello(grant, index=0))
+        ftype, _payload = self.read_frame(sock)
+        self.assertEqual(frames.FrameType.HELLO_OK, ftype)
+        return sock
+
+    def _replayed(self, proc, endpoint, grant):
+        sock = self.raw_client(endpoint)
+        sock.sendall(self.hello(grant, index=0))
+        ftype, payload = self.read_frame(sock)
+        sock.close()
+        self.assertEqual(frames.FrameType.ABORT, ftype)
+        self.assertEqual('connection_replayed',
+                         frames.pull_abort(payload).code.reason)
+        _out, record = self.assertRefusedPreauth(proc, 'connection_replayed')
+        self.assertIn('already used on this host', record['message'])
+
+    def test_restarted_tunnel_refuses_a_used_grant(self):
+        first, endpoint = self.start_destination()
+        qemu = harness.FakeDestinationQemu(self.dst_qemu_sock)
+        self.addCleanup(qemu.close)
+        grant = self.pki.grant(endpoint)
+        sock = self._hello_ok(endpoint, grant)
+        first.terminate(harness.TIMEOUT)
+        sock.close()
+        # The tunnel is restarted where the grant says (same endpoint as
+        # far as the grant can tell) and sees the same grant again.
+        second, bound = self._restarted(endpoint)
+        self._replayed(second, bound, grant)
+
+    def _restarted(self, endpoint):
+        """Another tunnel on this host, advertised at ``endpoint``."""
+        proc = self.start(self.dst_params(advertise_endpoint=endpoint))
+        ready = proc.wait_ready(harness.TIMEOUT)
+        self.assertEqual(endpoint, ready['endpoint'])
+        return proc, ready['bound']
+
+    def test_second_tunnel_on_the_host_refuses_a_used_grant(self):
+        first, endpoint = self.start_destination()
+        qemu = harness.FakeDestinationQemu(self.dst_qemu_sock)
+        self.addCleanup(qemu.close)
+        grant = self.pki.grant(endpoint)
+        sock = self._hello_ok(endpoint, grant)
+        self.addCleanup(sock.close)
+        second, bound = self._restarted(endpoint)
+        self.assertNotEqual(endpoint, bound)
+        self._replayed(second, bound, grant)
+
+    def test_unusable_ledger_refuses_to_listen(self):
+        ledger_file = os.path.join(self.dir, 'not-a-dir')
+        open(ledger_file, 'w').close()
+        open_dir = os.path.join(self.dir, 'open')
+        os.mkdir(open_dir)
+        os.chmod(open_dir, 0o777)
+        for path in (ledger_file, open_dir):
+            proc = self.start(self.dst_params(grant_ledger_dir=path))
+            outcome = self.assertRefused(proc, 'grant_ledger_unavailable')
+            self.assertNotIn('endpoint', outcome)

@@ -292,6 +292,9 @@ class TunnelTestCase(testtools.TestCase):
             'handshake_timeout': HANDSHAKE_TIMEOUT,
             'local_endpoint_timeout': LOCAL_ENDPOINT_TIMEOUT,
             'idle_timeout': IDLE_TIMEOUT, 'deadline': DEADLINE,
+            # This test's own ledger of used grants (the host's default is
+            # shared by every tunnel on it).
+            'grant_ledger_dir': os.path.join(self.dir, 'used-grants'),
         }
         params.update(self.host_files('b', host))
         params.update(over)
