@@ -96,9 +96,18 @@ class SecureGuest:
         self._guest = guest
         self._session = session
         self.tunnel_failure = None
+        # libvirt's error when its job ended without a tunnel verdict (the
+        # operator aborted it, or the tunnel died without an outcome).
+        self.libvirt_failure = None
 
     def __getattr__(self, name):
         return getattr(self._guest, name)
+
+    def _still_running_here(self):
+        try:
+            return bool(self._guest.is_active())
+        except libvirt_driver.libvirt.libvirtError:
+            return False
 
     def migrate(self, destination, migrate_uri=None, migrate_disks=None,
                 destination_xml=None, flags=0, bandwidth=0, parallel=0):
@@ -137,7 +146,18 @@ class SecureGuest:
         except libvirt.libvirtError as e:
             failure = session.tunnel_failure()
             if failure is None:
-                raise
+                if not self._still_running_here():
+                    raise
+                # libvirt ended the job and the guest runs here: an abort,
+                # or a tunnel that died without saying why. Raising would
+                # make nova put the server in ERROR (nova 34 re-raises the
+                # operation's error after its monitor rolled back); the
+                # monitor rolls back as for any failed job instead.
+                self.libvirt_failure = str(e)
+                LOG.error('Migration %s: libvirt ended the migration job '
+                          'and the guest still runs here: %s',
+                          session.migration_id, e)
+                return
             # The tunnel aborted the stream (and said why); libvirt's error
             # is its consequence. The guest still runs here: nova's monitor
             # rolls back as for any failed job.
@@ -638,6 +658,10 @@ class SecureLibvirtDriver(libvirt_driver.LibvirtDriver):
                 failure = secure_guest.tunnel_failure
                 completed, why = False, _tunnel_failure_text(
                     failure, session, dest)
+            elif secure_guest.libvirt_failure is not None:
+                completed, why = False, '%s: %s' % (
+                    why or 'the libvirt job failed',
+                    secure_guest.libvirt_failure)
         finally:
             result = session.finish(completed, why)
             with self._secmig_lock:

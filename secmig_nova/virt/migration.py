@@ -653,12 +653,16 @@ class _Side:
                      '' if recorded else ' (not recorded at the broker)')
             return Result(mid, self.side, COMPLETED,
                           connections=connections, recorded=recorded)
-        outcome = outcome or {}
-        status = outcome.get('status')
-        if status not in (FAILED, 'refused'):
-            status = ABORTED
-        else:
+        if not outcome:
+            # The tunnel ended without saying how (killed, crashed): that
+            # is a failure, never a clean abort.
+            status, outcome = FAILED, {}
+            reason = '%s (the %s tunnel ended without an outcome)' % (
+                reason or 'not completed', self.side)
+        elif outcome.get('status') in (FAILED, 'refused'):
             status = FAILED
+        else:
+            status = ABORTED
         why = reason or outcome.get('message') or outcome.get('reason') \
             or 'stopped'
         recorded = self._record(status, reason=why)

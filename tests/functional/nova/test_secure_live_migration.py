@@ -239,6 +239,44 @@ class TestSecureLiveMigration(SecmigTestBase):
         self.assertEqual('failed', records['source']['state'])
         self.assertEqual('aborted', records['destination']['state'])
 
+    def test_tunnel_gone_without_a_verdict_keeps_the_server_active(self):
+        # The source tunnel is SIGKILLed mid-stream: no outcome, libvirt
+        # only says it could not write. nova must roll back, not put the
+        # server in ERROR (what the real cloud did before the fix).
+        self.secmig.tunnels.vanish.add('source')
+
+        def stream_breaks(domain, destination, params, flags):
+            self.migrate_calls.append((destination, dict(params), flags))
+            raise fakelibvirt.make_libvirtError(
+                fakelibvirt.libvirtError,
+                "operation failed: job 'migration out' failed: Unable to "
+                "write to socket: Bad file descriptor",
+                error_code=fakelibvirt.VIR_ERR_OPERATION_FAILED,
+                error_domain=fakelibvirt.VIR_FROM_QEMU)
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova.tests.fixtures.libvirt.Domain.migrateToURI3',
+            stream_breaks))
+        record = self.live_migrate(expected='failed')
+        server = self.api.get_server(self.server['id'])
+        self.assertEqual(('ACTIVE', None),
+                         (server['status'], server['OS-EXT-STS:task_state']))
+        self.assertEqual('src', self.host_of_server())
+        [src] = self.secmig.tunnels.of('source', record['uuid'])
+        [dst] = self.secmig.tunnels.of('destination', record['uuid'])
+        self.assertTrue(src.killed)
+        self.assertIsNone(src.outcome)
+        for _ in range(int(WAIT_TIMEOUT * 10)):
+            if dst.outcome is not None:
+                break
+            self._wait(0.1)
+        self.assertIsNotNone(dst.outcome, 'destination tunnel still runs')
+        event = self.secmig_event()
+        self.assertEqual('Error', event['result'])
+        self.assertIn('Unable to write to socket', event['details'])
+        self.wait_concluded(2)
+        records = self.secmig.records(record['uuid'])
+        self.assertEqual('failed', records['source']['state'])
+
     def test_abort_cleans_up_both_tunnels(self):
         started = threading.Event()
         aborted = threading.Event()
@@ -248,10 +286,20 @@ class TestSecureLiveMigration(SecmigTestBase):
             started.set()
             if not aborted.wait(30):
                 raise AssertionError('never aborted')
+            # Real libvirt's migrate call raises once the job is cancelled
+            # (the cloud showed it; nova 34 then re-raises it after its
+            # monitor rolled back, unless the driver keeps it).
+            raise fakelibvirt.make_libvirtError(
+                fakelibvirt.libvirtError,
+                "operation aborted: job 'migration out' canceled by client",
+                error_code=fakelibvirt.VIR_ERR_OPERATION_FAILED,
+                error_domain=fakelibvirt.VIR_FROM_QEMU)
 
         def abort_job(domain):
-            # libvirt cancels the job; the migrate call then returns.
+            # libvirt cancels the job; the migrate call then raises. The
+            # source tunnel runs on until the driver stops it.
             domain._job_type = fakelibvirt.VIR_DOMAIN_JOB_CANCELLED
+            self.secmig.tunnels.keep_running.add('source')
             aborted.set()
 
         self.useFixture(fixtures.MonkeyPatch(
@@ -266,7 +314,8 @@ class TestSecureLiveMigration(SecmigTestBase):
         self.assertEqual('running', running['status'])
         self.api.delete_migration(self.server['id'], running['id'])
         record = self._wait_for_migration_status(self.server, ['cancelled'])
-        self._wait_for_state_change(self.server, 'ACTIVE')
+        server = self._wait_for_state_change(self.server, 'ACTIVE')
+        self.assertIsNone(server['OS-EXT-STS:task_state'])
         self.assertEqual('src', self.host_of_server())
         mid = record['uuid']
         self.assertTunnelsGone()

@@ -52,6 +52,11 @@ class FakeTunnels:
         self.refuse_start = {}
         self.tamper = None
         self.ignore_sigterm = False
+        # Sides whose tunnel keeps running until stopped (a stream libvirt
+        # cancelled), and sides whose tunnel dies without an outcome
+        # (SIGKILLed by someone else).
+        self.keep_running = set()
+        self.vanish = set()
         self.destination_credentials = None
         self.endpoint_port = None
         self._results = {}
@@ -184,7 +189,11 @@ class FakeTunnelProcess:
         """The source ends by itself: completed unless told to fail."""
         if self.outcome is not None:
             return self._rc(), self.outcome
-        if self.side == 'destination':
+        if self.side in self.world.vanish:
+            self.killed = True
+            self._exit()
+            return -9, None
+        if self.side == 'destination' or self.side in self.world.keep_running:
             raise process.TunnelProcessError('tunnel still running after %s '
                                              's' % timeout)
         failure = self.world.fail.get(self.side)

@@ -816,8 +816,22 @@ class TestSource(SourceTestCase):
             'destination host-b may have detected tampering'), why)
         self.assertIn('migration %s in cloud cloud-b' % MID, why)
 
-    def test_libvirt_error_without_tunnel_failure_is_nova_s(self):
+    def test_libvirt_error_with_the_guest_still_here_rolls_back(self):
+        # No tunnel verdict (an abort, or a tunnel killed without an
+        # outcome) and the guest runs here: not raised, so nova's monitor
+        # rolls back instead of nova 34 putting the server in ERROR.
         guest = FakeGuest(job=libvirt.VIR_DOMAIN_JOB_NONE)
+        guest._domain.migrateToURI3.side_effect = libvirt.libvirtError('x')
+        self.session.finish.return_value = migration.Result(
+            MID, 'source', 'failed')
+        self.operation(guest)
+        self.session.finish.assert_called_once_with(
+            False, 'the libvirt job failed: x')
+        self.assertEqual({}, self.driver._secmig_outgoing)
+
+    def test_libvirt_error_with_the_guest_gone_is_nova_s(self):
+        guest = FakeGuest(job=libvirt.VIR_DOMAIN_JOB_NONE)
+        guest.is_active = lambda: False
         guest._domain.migrateToURI3.side_effect = libvirt.libvirtError('x')
         self.session.finish.return_value = migration.Result(
             MID, 'source', 'aborted')
