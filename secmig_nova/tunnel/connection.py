@@ -7,8 +7,15 @@ moves both directions because QEMU uses a return path.
 
 Per direction the sender keeps a running SHA-256 of the plaintext and sends a
 CHECKPOINT every ``checkpoint_bytes``; the receiver answers with an ACK
-carrying its own digest at that offset, and any difference aborts. Closing
-(see doc/source/tunnel-protocol.rst):
+carrying its own digest at that offset, and any difference aborts.
+
+The peer is authenticated but not trusted to behave, so what it can make a
+connection hold is bounded ("Flow control and memory" in the protocol
+document): the pump reads no TLS while data waits for the local QEMU, and
+reads its QEMU only while nothing waits for the peer; the only frames it
+queues in answer to the peer are ACKs, of which the checkpoint window
+bounds how many may wait unsent. Closing (see
+doc/source/tunnel-protocol.rst):
 
 1. the source's QEMU reaches EOF: the source sends CHECKPOINT FINAL;
 2. the destination stops reading its QEMU and answers ACK FINAL with the
@@ -39,8 +46,12 @@ LOG = logging.getLogger(__name__)
 
 # Checkpoints a sender may have unacknowledged before it stops reading its
 # QEMU socket: enough to keep the pipe full, small enough that a peer that
-# never acknowledges cannot make us stream on unverified.
+# never acknowledges cannot make us stream on unverified. Part of the
+# protocol: a receiver with this many ACKs not yet sent refuses another
+# checkpoint (flow_control_violation), so a peer that never reads its ACKs
+# cannot make us queue more of them.
 CHECKPOINT_WINDOW = 2
+FLOW_CONTROL_VIOLATION = 'flow_control_violation'
 # TLS reads go into the decoder in batches of up to TLS_BATCH bytes (a
 # record carries at most TLS_RECORD); at most TLS_BATCHES_PER_ROUND batches
 # before looking at the other direction again (fairness).
@@ -131,6 +142,14 @@ class Connection:
         self.local_out = collections.deque()
         self.pending_checkpoints = collections.deque()
         self.next_checkpoint = checkpoint_bytes
+        # Bytes ever queued for the peer and ever handed to TLS: an ACK is
+        # unsent while the position where it ends (in _ack_ends) is ahead
+        # of _sent.
+        self._queued = 0
+        self._sent = 0
+        self._ack_ends = collections.deque()
+        # Offset of the peer's last CHECKPOINT: the next must be past it.
+        self._rx_checkpoint = 0
         self.local_eof = False
         self.local_gone = False
         self.peer_eof = False
@@ -232,6 +251,29 @@ class Connection:
 
     def _queue(self, frame):
         self.tls_out.append(frame)
+        self._queued += len(frame)
+
+    def _queue_ack(self, ack):
+        """Queue an ACK unless the peer is past the checkpoint window.
+
+        A peer that respects the window never has more than
+        CHECKPOINT_WINDOW checkpoints unacknowledged, and an ACK we have
+        not sent yet is certainly not acknowledged at its end: with that
+        many unsent, its checkpoint broke the window. Without this check a
+        peer that never reads would make us queue an ACK for every
+        checkpoint it sends.
+        """
+        ends = self._ack_ends
+        while ends and ends[0] <= self._sent:
+            ends.popleft()
+        if len(ends) >= CHECKPOINT_WINDOW:
+            raise errors.TunnelError(
+                FLOW_CONTROL_VIOLATION, 'peer sent a checkpoint with %d '
+                'of its checkpoints unacknowledged (their ACKs still queued '
+                'here), beyond the window of %d: it does not wait for, or '
+                'does not read, our ACKs' % (len(ends), CHECKPOINT_WINDOW))
+        self._queue(ack)
+        ends.append(self._queued)
 
     def _flush_tls(self):
         progressed = False
@@ -249,6 +291,7 @@ class Connection:
                     'truncated', 'connection to the peer broke while '
                     'sending: %s' % e, notify_peer=False)
             progressed = True
+            self._sent += sent
             if sent < len(frame):
                 self.tls_out[0] = frame[sent:]
             else:
@@ -505,15 +548,23 @@ class Connection:
                 'SHA-256 %s, but %d bytes with SHA-256 %s arrived'
                 % (cp.offset, cp.digest.hex(), self.rx.bytes, digest.hex()))
         if not cp.final:
-            self._queue(frames.push_ack(frames.Ack(offset=cp.offset,
-                                                   digest=digest)))
+            # Only the final checkpoint may repeat the previous offset: one
+            # that covers nothing new is no progress, only an ACK to send.
+            if cp.offset <= self._rx_checkpoint:
+                raise errors.TunnelError(
+                    FLOW_CONTROL_VIOLATION, 'checkpoint at offset %d covers '
+                    'no new data since the checkpoint at offset %d'
+                    % (cp.offset, self._rx_checkpoint))
+            self._rx_checkpoint = cp.offset
+            self._queue_ack(frames.push_ack(frames.Ack(offset=cp.offset,
+                                                       digest=digest)))
             return
         # Destination: the source's stream is complete. Our own direction
         # ends here too, so both sides agree on the final totals.
         self.local_eof = True
         self.state = State.FIN_RECEIVED
         tx_digest = self.tx.digest()
-        self._queue(frames.push_ack(frames.Ack(
+        self._queue_ack(frames.push_ack(frames.Ack(
             offset=cp.offset, digest=digest, final=True,
             rev_bytes=self.tx.bytes, rev_digest=tx_digest)))
         LOG.debug('%s: final checkpoint verified at %d bytes',
