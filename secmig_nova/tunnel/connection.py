@@ -14,7 +14,8 @@ connection hold is bounded ("Flow control and memory" in the protocol
 document): the pump reads no TLS while data waits for the local QEMU, and
 reads its QEMU only while nothing waits for the peer; the only frames it
 queues in answer to the peer are ACKs, of which the checkpoint window
-bounds how many may wait unsent. Closing (see
+bounds how many may wait unsent; and ``idle_timeout`` counts from the last
+progress, not from the last byte read. Closing (see
 doc/source/tunnel-protocol.rst):
 
 1. the source's QEMU reaches EOF: the source sends CHECKPOINT FINAL;
@@ -150,6 +151,9 @@ class Connection:
         self._ack_ends = collections.deque()
         # Offset of the peer's last CHECKPOINT: the next must be past it.
         self._rx_checkpoint = 0
+        # Progress that is not payload: our checkpoints acknowledged, steps
+        # of the closing exchange. (Payload progress is counted in bytes.)
+        self._steps = 0
         self.local_eof = False
         self.local_gone = False
         self.peer_eof = False
@@ -190,13 +194,24 @@ class Connection:
         self.ended_at = self.clock()
 
     def _pump(self):
-        last_activity = time.monotonic()
+        # idle_timeout counts from the last progress: payload read from or
+        # written to the local QEMU, bytes handed to the peer, a DATA frame
+        # received whole, one of our checkpoints acknowledged or a step of
+        # the closing exchange. Bytes from the peer that are none of these
+        # (a frame dripped in a byte at a time) keep the loop busy, never
+        # the connection alive. Whatever we send to the peer is bounded by
+        # progress: our QEMU's data and checkpoints, and ACKs of the peer's
+        # checkpoints, each of which must cover new DATA.
+        last_progress = time.monotonic()
         while self.state is not State.DONE:
             self._check_stop()
             progressed = self._flush_tls()
             progressed |= self._flush_local()
+            busy = False
             if not self.local_out:
-                progressed |= self._read_tls()
+                mark = self.rx.bytes + self._steps
+                busy = self._read_tls()
+                progressed |= self.rx.bytes + self._steps != mark
             if self._may_read_local():
                 progressed |= self._read_local()
             if self.state is State.CLOSING and not self.tls_out \
@@ -209,12 +224,15 @@ class Connection:
                 break
             now = time.monotonic()
             if progressed:
-                last_activity = now
+                last_progress = now
                 continue
-            if now - last_activity > self.idle_timeout:
+            if now - last_progress > self.idle_timeout:
                 raise errors.TunnelError(
-                    'timeout', 'no byte moved for %.0f s' % self.idle_timeout)
-            self._wait()
+                    'timeout', 'no progress for %.0f s: no payload moved in '
+                    'either direction, no checkpoint was acknowledged'
+                    % self.idle_timeout)
+            if not busy:
+                self._wait()
 
     def _check_stop(self):
         stop, grace_deadline = self.control.should_stop()
@@ -563,6 +581,7 @@ class Connection:
         # ends here too, so both sides agree on the final totals.
         self.local_eof = True
         self.state = State.FIN_RECEIVED
+        self._steps += 1
         tx_digest = self.tx.digest()
         self._queue_ack(frames.push_ack(frames.Ack(
             offset=cp.offset, digest=digest, final=True,
@@ -582,6 +601,7 @@ class Connection:
                 'checkpoint_mismatch', 'peer acknowledged offset %d with '
                 'SHA-256 %s, we sent %d bytes with SHA-256 %s'
                 % (ack.offset, ack.digest.hex(), offset, digest.hex()))
+        self._steps += 1
         if not final:
             return
         if ack.rev_bytes != self.rx.bytes or ack.rev_digest != \
@@ -608,6 +628,7 @@ class Connection:
                                                        claims)
         self._queue(frames.push_receipt(self.destination_receipt))
         self.state = State.CLOSING
+        self._steps += 1
 
     def _on_receipt(self, payload):
         if not self.source or self.state is not State.END_SENT:
@@ -622,6 +643,7 @@ class Connection:
                 'our END receipt')
         self.destination_receipt = token
         self.state = State.CLOSING
+        self._steps += 1
 
     def _on_abort(self, payload):
         raise errors.from_abort(frames.pull_abort(payload), 'peer')

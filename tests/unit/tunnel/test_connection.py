@@ -865,3 +865,27 @@ class PumpFlowControlTest(ConnectionTestBase):
         self.assertEqual('truncated', e.reason, str(e))
         self.assertEqual(2, conn.rx.bytes)
         self.assertEqual(2 * 46, len(tls.sent))
+
+    def test_dripped_frame_is_no_progress(self):
+        # Bytes arrive all the time, but no frame is ever complete.
+        header = bytes(frames.push_header(frames.FrameType.DATA, 1000))
+        tls = DrippingTls(header + b'd' * 999)
+        conn = self.pump(tls, idle_timeout=1.0)
+        started = time.monotonic()
+        e = self.assertRaises(errors.TunnelError, conn.run)
+        self.assertEqual('timeout', e.reason, str(e))
+        self.assertIn('no progress', str(e))
+        self.assertLess(time.monotonic() - started, 5)
+        # Bytes were read during the idle time.
+        self.assertGreaterEqual(len(header) + 999 - len(tls._in), 2)
+        self.assertEqual(0, conn.rx.bytes)
+
+    def test_slow_payload_is_progress(self):
+        # One whole DATA frame at a time, slower than nothing but faster
+        # than the idle timeout: progress, until the peer ends.
+        frame = bytes(frames.push_data(b'y'))
+        tls = DrippingTls(frame * 1000, size=len(frame), limit=2.5)
+        conn = self.pump(tls, idle_timeout=1.0)
+        e = self.assertRaises(errors.TunnelError, conn.run)
+        self.assertEqual('truncated', e.reason, str(e))
+        self.assertGreater(conn.rx.bytes, 1)
