@@ -145,8 +145,9 @@ migration socket, which QEMU creates shortly after the migration starts.
                  default=120.0,
                  min=1.0,
                  help="""
-A tunnel connection that moves no byte in either direction for this many
-seconds is aborted.
+A tunnel connection that makes no progress for this many seconds is aborted:
+no payload moved in either direction and no checkpoint was acknowledged.
+Bytes from the peer that complete no frame are not progress.
 """),
     cfg.FloatOpt('max_clock_skew',
                  default=30.0,

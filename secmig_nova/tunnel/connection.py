@@ -7,8 +7,16 @@ moves both directions because QEMU uses a return path.
 
 Per direction the sender keeps a running SHA-256 of the plaintext and sends a
 CHECKPOINT every ``checkpoint_bytes``; the receiver answers with an ACK
-carrying its own digest at that offset, and any difference aborts. Closing
-(see doc/source/tunnel-protocol.rst):
+carrying its own digest at that offset, and any difference aborts.
+
+The peer is authenticated but not trusted to behave, so what it can make a
+connection hold is bounded ("Flow control and memory" in the protocol
+document): the pump reads no TLS while data waits for the local QEMU, and
+reads its QEMU only while nothing waits for the peer; the only frames it
+queues in answer to the peer are ACKs, of which the checkpoint window
+bounds how many may wait unsent; and ``idle_timeout`` counts from the last
+progress, not from the last byte read. Closing (see
+doc/source/tunnel-protocol.rst):
 
 1. the source's QEMU reaches EOF: the source sends CHECKPOINT FINAL;
 2. the destination stops reading its QEMU and answers ACK FINAL with the
@@ -39,8 +47,12 @@ LOG = logging.getLogger(__name__)
 
 # Checkpoints a sender may have unacknowledged before it stops reading its
 # QEMU socket: enough to keep the pipe full, small enough that a peer that
-# never acknowledges cannot make us stream on unverified.
+# never acknowledges cannot make us stream on unverified. Part of the
+# protocol: a receiver with this many ACKs not yet sent refuses another
+# checkpoint (flow_control_violation), so a peer that never reads its ACKs
+# cannot make us queue more of them.
 CHECKPOINT_WINDOW = 2
+FLOW_CONTROL_VIOLATION = 'flow_control_violation'
 # TLS reads go into the decoder in batches of up to TLS_BATCH bytes (a
 # record carries at most TLS_RECORD); at most TLS_BATCHES_PER_ROUND batches
 # before looking at the other direction again (fairness).
@@ -131,6 +143,17 @@ class Connection:
         self.local_out = collections.deque()
         self.pending_checkpoints = collections.deque()
         self.next_checkpoint = checkpoint_bytes
+        # Bytes ever queued for the peer and ever handed to TLS: an ACK is
+        # unsent while the position where it ends (in _ack_ends) is ahead
+        # of _sent.
+        self._queued = 0
+        self._sent = 0
+        self._ack_ends = collections.deque()
+        # Offset of the peer's last CHECKPOINT: the next must be past it.
+        self._rx_checkpoint = 0
+        # Progress that is not payload: our checkpoints acknowledged, steps
+        # of the closing exchange. (Payload progress is counted in bytes.)
+        self._steps = 0
         self.local_eof = False
         self.local_gone = False
         self.peer_eof = False
@@ -171,13 +194,24 @@ class Connection:
         self.ended_at = self.clock()
 
     def _pump(self):
-        last_activity = time.monotonic()
+        # idle_timeout counts from the last progress: payload read from or
+        # written to the local QEMU, bytes handed to the peer, a DATA frame
+        # received whole, one of our checkpoints acknowledged or a step of
+        # the closing exchange. Bytes from the peer that are none of these
+        # (a frame dripped in a byte at a time) keep the loop busy, never
+        # the connection alive. Whatever we send to the peer is bounded by
+        # progress: our QEMU's data and checkpoints, and ACKs of the peer's
+        # checkpoints, each of which must cover new DATA.
+        last_progress = time.monotonic()
         while self.state is not State.DONE:
             self._check_stop()
             progressed = self._flush_tls()
             progressed |= self._flush_local()
+            busy = False
             if not self.local_out:
-                progressed |= self._read_tls()
+                mark = self.rx.bytes + self._steps
+                busy = self._read_tls()
+                progressed |= self.rx.bytes + self._steps != mark
             if self._may_read_local():
                 progressed |= self._read_local()
             if self.state is State.CLOSING and not self.tls_out \
@@ -190,12 +224,15 @@ class Connection:
                 break
             now = time.monotonic()
             if progressed:
-                last_activity = now
+                last_progress = now
                 continue
-            if now - last_activity > self.idle_timeout:
+            if now - last_progress > self.idle_timeout:
                 raise errors.TunnelError(
-                    'timeout', 'no byte moved for %.0f s' % self.idle_timeout)
-            self._wait()
+                    'timeout', 'no progress for %.0f s: no payload moved in '
+                    'either direction, no checkpoint was acknowledged'
+                    % self.idle_timeout)
+            if not busy:
+                self._wait()
 
     def _check_stop(self):
         stop, grace_deadline = self.control.should_stop()
@@ -232,6 +269,29 @@ class Connection:
 
     def _queue(self, frame):
         self.tls_out.append(frame)
+        self._queued += len(frame)
+
+    def _queue_ack(self, ack):
+        """Queue an ACK unless the peer is past the checkpoint window.
+
+        A peer that respects the window never has more than
+        CHECKPOINT_WINDOW checkpoints unacknowledged, and an ACK we have
+        not sent yet is certainly not acknowledged at its end: with that
+        many unsent, its checkpoint broke the window. Without this check a
+        peer that never reads would make us queue an ACK for every
+        checkpoint it sends.
+        """
+        ends = self._ack_ends
+        while ends and ends[0] <= self._sent:
+            ends.popleft()
+        if len(ends) >= CHECKPOINT_WINDOW:
+            raise errors.TunnelError(
+                FLOW_CONTROL_VIOLATION, 'peer sent a checkpoint with %d '
+                'of its checkpoints unacknowledged (their ACKs still queued '
+                'here), beyond the window of %d: it does not wait for, or '
+                'does not read, our ACKs' % (len(ends), CHECKPOINT_WINDOW))
+        self._queue(ack)
+        ends.append(self._queued)
 
     def _flush_tls(self):
         progressed = False
@@ -249,6 +309,7 @@ class Connection:
                     'truncated', 'connection to the peer broke while '
                     'sending: %s' % e, notify_peer=False)
             progressed = True
+            self._sent += sent
             if sent < len(frame):
                 self.tls_out[0] = frame[sent:]
             else:
@@ -505,15 +566,24 @@ class Connection:
                 'SHA-256 %s, but %d bytes with SHA-256 %s arrived'
                 % (cp.offset, cp.digest.hex(), self.rx.bytes, digest.hex()))
         if not cp.final:
-            self._queue(frames.push_ack(frames.Ack(offset=cp.offset,
-                                                   digest=digest)))
+            # Only the final checkpoint may repeat the previous offset: one
+            # that covers nothing new is no progress, only an ACK to send.
+            if cp.offset <= self._rx_checkpoint:
+                raise errors.TunnelError(
+                    FLOW_CONTROL_VIOLATION, 'checkpoint at offset %d covers '
+                    'no new data since the checkpoint at offset %d'
+                    % (cp.offset, self._rx_checkpoint))
+            self._rx_checkpoint = cp.offset
+            self._queue_ack(frames.push_ack(frames.Ack(offset=cp.offset,
+                                                       digest=digest)))
             return
         # Destination: the source's stream is complete. Our own direction
         # ends here too, so both sides agree on the final totals.
         self.local_eof = True
         self.state = State.FIN_RECEIVED
+        self._steps += 1
         tx_digest = self.tx.digest()
-        self._queue(frames.push_ack(frames.Ack(
+        self._queue_ack(frames.push_ack(frames.Ack(
             offset=cp.offset, digest=digest, final=True,
             rev_bytes=self.tx.bytes, rev_digest=tx_digest)))
         LOG.debug('%s: final checkpoint verified at %d bytes',
@@ -531,6 +601,7 @@ class Connection:
                 'checkpoint_mismatch', 'peer acknowledged offset %d with '
                 'SHA-256 %s, we sent %d bytes with SHA-256 %s'
                 % (ack.offset, ack.digest.hex(), offset, digest.hex()))
+        self._steps += 1
         if not final:
             return
         if ack.rev_bytes != self.rx.bytes or ack.rev_digest != \
@@ -557,6 +628,7 @@ class Connection:
                                                        claims)
         self._queue(frames.push_receipt(self.destination_receipt))
         self.state = State.CLOSING
+        self._steps += 1
 
     def _on_receipt(self, payload):
         if not self.source or self.state is not State.END_SENT:
@@ -571,6 +643,7 @@ class Connection:
                 'our END receipt')
         self.destination_receipt = token
         self.state = State.CLOSING
+        self._steps += 1
 
     def _on_abort(self, payload):
         raise errors.from_abort(frames.pull_abort(payload), 'peer')

@@ -107,10 +107,12 @@ class ConnectionTestBase(testtools.TestCase):
         return e
 
     def sent(self, conn):
-        """Take the frames ``conn`` queued for the peer."""
+        """Take the frames ``conn`` queued for the peer (as TLS would)."""
         decoder = frames.FrameDecoder()
         while conn.tls_out:
-            decoder.feed(bytes(conn.tls_out.popleft()))
+            frame = bytes(conn.tls_out.popleft())
+            conn._sent += len(frame)
+            decoder.feed(frame)
         return [(ftype, bytes(data)) for ftype, data in decoder.frames()]
 
     def relay(self, sender, receiver):
@@ -646,3 +648,244 @@ class LocalEndpointLostTest(ConnectionTestBase):
     def test_source_qemu_breaks_after_destination_ended(self):
         conn = self.pump(self.data_frames(1 << 20), side='source')
         self.assertRunFails(conn, 'truncated')
+
+
+class FlowControlTest(ConnectionTestBase):
+    """What a pinned peer can make a connection queue: bounded.
+
+    Each CHECKPOINT is answered with an ACK, so a peer that sends
+    checkpoints and never reads would grow our outgoing queue forever: a
+    checkpoint must cover new DATA, and one past the window while our
+    ACKs wait unsent is ``flow_control_violation``.
+    """
+
+    def data_and_checkpoint(self, conn, data):
+        """``conn`` receives ``data`` and a right checkpoint after it."""
+        conn._dispatch_frame(frames.FrameType.DATA, data)
+        conn._dispatch_frame(frames.FrameType.CHECKPOINT, checkpoint(
+            conn.rx.bytes, conn.rx.digest()))
+
+    def acks(self, conn):
+        return [frames.pull_ack(data).offset for ftype, data
+                in self.sent(conn) if ftype == frames.FrameType.ACK]
+
+    def test_checkpoint_without_new_data(self):
+        self.data_and_checkpoint(self.dst, b'abc')
+        self.assertEqual([3], self.acks(self.dst))
+        # The same checkpoint again: right, but it covers nothing new.
+        e = self.assertTunnelError(
+            'flow_control_violation', self.dst._on_checkpoint,
+            checkpoint(3, sha(b'abc')))
+        self.assertIn('no new data', str(e))
+        self.assertTrue(e.notify_peer)
+        self.assertEqual(frames.AbortCode.FLOW_CONTROL_VIOLATION,
+                         e.abort_code)
+
+    def test_checkpoint_without_new_data_at_source(self):
+        self.data_and_checkpoint(self.src, b'abc')
+        self.assertTunnelError('flow_control_violation',
+                               self.src._on_checkpoint,
+                               checkpoint(3, sha(b'abc')))
+
+    def test_first_checkpoint_without_data(self):
+        self.assertTunnelError('flow_control_violation',
+                               self.dst._on_checkpoint,
+                               checkpoint(0, sha(b'')))
+
+    def test_wrong_checkpoint_is_still_a_mismatch(self):
+        self.data_and_checkpoint(self.dst, b'abc')
+        self.assertTunnelError('checkpoint_mismatch',
+                               self.dst._on_checkpoint,
+                               checkpoint(3, sha(b'abd')))
+
+    def test_final_checkpoint_may_repeat_the_last_offset(self):
+        # A stream that ends right after a checkpoint.
+        self.data_and_checkpoint(self.dst, b'abc')
+        self.dst._on_checkpoint(checkpoint(3, sha(b'abc'), final=True))
+        self.assertIs(State.FIN_RECEIVED, self.dst.state)
+
+    def test_empty_stream_final_checkpoint(self):
+        self.dst._on_checkpoint(checkpoint(0, sha(b''), final=True))
+        self.assertIs(State.FIN_RECEIVED, self.dst.state)
+
+    def test_window_with_acks_unsent(self):
+        # The peer does not read: our ACKs stay queued.
+        for data in (b'a', b'b'):
+            self.data_and_checkpoint(self.dst, data)
+        self.dst._dispatch_frame(frames.FrameType.DATA, b'c')
+        e = self.assertTunnelError(
+            'flow_control_violation', self.dst._on_checkpoint,
+            checkpoint(3, sha(b'abc')))
+        self.assertIn('unacknowledged', str(e))
+        self.assertEqual([1, 2], self.acks(self.dst))
+
+    def test_window_with_acks_read(self):
+        # A peer that reads its ACKs may send as many checkpoints as it
+        # likes, each covering new data.
+        for i in range(100):
+            self.data_and_checkpoint(self.dst, b'%d' % i)
+            self.assertEqual(1, len(self.acks(self.dst)))
+
+    def test_window_counts_a_partly_sent_ack_as_unsent(self):
+        self.dst.tls.send.side_effect = [10, ssl.SSLWantWriteError()]
+        for data in (b'a', b'b'):
+            self.data_and_checkpoint(self.dst, data)
+        self.dst._flush_tls()
+        self.assertEqual(2 * 46 - 10, sum(len(f) for f in self.dst.tls_out))
+        self.dst._dispatch_frame(frames.FrameType.DATA, b'c')
+        self.assertTunnelError('flow_control_violation',
+                               self.dst._on_checkpoint,
+                               checkpoint(3, sha(b'abc')))
+
+    def test_window_after_an_ack_was_sent(self):
+        self.dst.tls.send.side_effect = [46, ssl.SSLWantWriteError()]
+        for data in (b'a', b'b'):
+            self.data_and_checkpoint(self.dst, data)
+        self.dst._flush_tls()
+        # The first ACK went out: one unsent, room for one more.
+        self.data_and_checkpoint(self.dst, b'c')
+        self.dst._dispatch_frame(frames.FrameType.DATA, b'd')
+        self.assertTunnelError('flow_control_violation',
+                               self.dst._on_checkpoint,
+                               checkpoint(4, sha(b'abcd')))
+
+    def test_final_checkpoint_after_the_window(self):
+        for data in (b'a', b'b'):
+            self.data_and_checkpoint(self.dst, data)
+        self.assertTunnelError('flow_control_violation',
+                               self.dst._on_checkpoint,
+                               checkpoint(2, sha(b'ab'), final=True))
+
+    def test_our_own_checkpoints_stop_at_the_window(self):
+        # The other half: a peer that never acknowledges stops our stream.
+        conn = self.src
+        conn.local.recv_into.side_effect = lambda view: len(view)
+        conn.tls.send.side_effect = len
+        for _ in range(100):
+            if conn._may_read_local():
+                conn._read_local()
+            conn._flush_tls()
+        self.assertEqual(connection.CHECKPOINT_WINDOW,
+                         len(conn.pending_checkpoints))
+        self.assertEqual(connection.CHECKPOINT_WINDOW * CHECKPOINT_BYTES,
+                         conn.tx.bytes)
+
+
+class NotReadingTls(FakeTls):
+    """A peer that sends ``incoming`` and never reads what we send."""
+
+    def send(self, data):
+        raise ssl.SSLWantWriteError()
+
+
+class DrippingTls(FakeTls):
+    """A peer that sends ``incoming`` ``size`` bytes per ``interval`` s.
+
+    After ``limit`` seconds it ends its connection (so that a pump that
+    is not cut off does not hang the test). The pump polls a FakeTls every
+    POLL_INTERVAL, so it reads at most ``size`` bytes that often.
+    """
+
+    def __init__(self, incoming, size=1, interval=0.05, limit=10.0):
+        super().__init__(incoming, end='open')
+        self.size = size
+        self.interval = interval
+        self.limit = time.monotonic() + limit
+        self.next = time.monotonic()
+
+    def recv_into(self, view):
+        now = time.monotonic()
+        if now > self.limit:
+            return 0
+        if now < self.next or not self._in:
+            raise ssl.SSLWantReadError()
+        self.next = now + self.interval
+        n = min(self.size, len(self._in))
+        view[:n] = self._in[:n]
+        self._in = self._in[n:]
+        return n
+
+
+class PumpFlowControlTest(ConnectionTestBase):
+    """The pump under a flood or a drip, with its real loop."""
+
+    def pump(self, tls, side='destination', idle_timeout=10.0):
+        conn = self.connection(side)
+        conn.tls = tls
+        self.addCleanup(tls.close)
+        qemu, qemu_peer = socket.socketpair()
+        self.addCleanup(qemu.close)
+        self.addCleanup(qemu_peer.close)
+        conn.local = mock.Mock()
+        conn.local.fileno.return_value = qemu.fileno()
+        conn.local.recv_into.side_effect = BlockingIOError
+        conn.local.send.side_effect = len
+        conn.control = mock.Mock(**{'should_stop.return_value': (False,
+                                                                 None)})
+        conn.idle_timeout = idle_timeout
+        return conn
+
+    def flood(self, pairs):
+        out, digest = [], hashlib.sha256()
+        for i in range(1, pairs + 1):
+            digest.update(b'x')
+            out.append(bytes(frames.push_data(b'x')))
+            out.append(bytes(frames.push_checkpoint(frames.Checkpoint(
+                offset=i, digest=digest.copy().digest()))))
+        return b''.join(out)
+
+    def test_flood_of_checkpoints_never_read(self):
+        for side in ('destination', 'source'):
+            conn = self.pump(NotReadingTls(self.flood(10000), end='open'),
+                             side)
+            e = self.assertRaises(errors.TunnelError, conn.run)
+            self.assertEqual('flow_control_violation', e.reason, str(e))
+            # Refused at the first checkpoint past the window: the queue
+            # holds the window's ACKs, nothing more.
+            self.assertEqual(connection.CHECKPOINT_WINDOW,
+                             len(conn.tls_out))
+            self.assertEqual(connection.CHECKPOINT_WINDOW + 1, conn.rx.bytes)
+
+    def test_flood_of_checkpoints_read_but_not_waited_for(self):
+        # The peer reads, but sends its checkpoints without waiting for
+        # the ACKs: those of one read are dispatched before any is sent,
+        # so the third is past the window all the same.
+        conn = self.pump(FakeTls(self.flood(10000), end='open'))
+        e = self.assertRaises(errors.TunnelError, conn.run)
+        self.assertEqual('flow_control_violation', e.reason, str(e))
+        self.assertEqual(connection.CHECKPOINT_WINDOW + 1, conn.rx.bytes)
+
+    def test_checkpoints_within_the_window(self):
+        # Two checkpoints at a time, each covering a new byte: a peer that
+        # waits for its ACKs; the pump answers all, until the peer ends.
+        pairs = self.flood(2)
+        tls = DrippingTls(pairs, size=len(pairs), limit=0.6)
+        conn = self.pump(tls)
+        e = self.assertRaises(errors.TunnelError, conn.run)
+        self.assertEqual('truncated', e.reason, str(e))
+        self.assertEqual(2, conn.rx.bytes)
+        self.assertEqual(2 * 46, len(tls.sent))
+
+    def test_dripped_frame_is_no_progress(self):
+        # Bytes arrive all the time, but no frame is ever complete.
+        header = bytes(frames.push_header(frames.FrameType.DATA, 1000))
+        tls = DrippingTls(header + b'd' * 999)
+        conn = self.pump(tls, idle_timeout=1.0)
+        started = time.monotonic()
+        e = self.assertRaises(errors.TunnelError, conn.run)
+        self.assertEqual('timeout', e.reason, str(e))
+        self.assertIn('no progress', str(e))
+        self.assertLess(time.monotonic() - started, 5)
+        # Bytes were read during the idle time.
+        self.assertGreaterEqual(len(header) + 999 - len(tls._in), 2)
+        self.assertEqual(0, conn.rx.bytes)
+
+    def test_slow_payload_is_progress(self):
+        # One whole DATA frame at a time, slower than nothing but faster
+        # than the idle timeout: progress, until the peer ends.
+        frame = bytes(frames.push_data(b'y'))
+        tls = DrippingTls(frame * 1000, size=len(frame), limit=2.5)
+        conn = self.pump(tls, idle_timeout=1.0)
+        e = self.assertRaises(errors.TunnelError, conn.run)
+        self.assertEqual('truncated', e.reason, str(e))
+        self.assertGreater(conn.rx.bytes, 1)

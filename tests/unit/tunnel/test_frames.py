@@ -261,7 +261,8 @@ class PrimitiveTest(testtools.TestCase):
         self.assertEqual({
             'protocol_error': 1, 'unknown_frame': 2, 'frame_too_large': 3,
             'malformed_frame': 4, 'unexpected_frame': 5,
-            'version_unsupported': 6, 'grant_invalid': 10,
+            'version_unsupported': 6, 'flow_control_violation': 7,
+            'grant_invalid': 10,
             'grant_expired': 11, 'grant_wrong_migration': 12,
             'grant_wrong_destination': 13, 'grant_wrong_source': 14,
             'stream_not_allowed': 15, 'connection_replayed': 16,
