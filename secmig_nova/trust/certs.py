@@ -59,6 +59,12 @@ def identity_of(cert):
     except x509.ExtensionNotFound:
         raise errors.TrustError(errors.IDENTITY_INVALID,
                                 'certificate has no subjectAltName')
+    except ValueError as e:
+        # cryptography parses extensions lazily: a malformed one (found by
+        # tools/fuzz_connection.py in a mutated receipt's x5c) raises here.
+        raise errors.TrustError(errors.IDENTITY_INVALID,
+                                'certificate has a malformed extension: %s'
+                                % e)
     urns = [u for u in san.get_values_for_type(
         x509.UniformResourceIdentifier) if u.startswith(URN_PREFIX)]
     if len(urns) != 1:

@@ -967,7 +967,14 @@ class ConnectionFuzzTest(testtools.TestCase):
                                  ['data', 1], ['checkpoint', 'right', False]],
                  {'peer_reads': 'none'}, 'flow_control_violation'),
                 ('destination', [['data', 100000]], {'local_takes': 50},
-                 'truncated')):
+                 'truncated'),
+                # Found by the fuzzer: an END whose x5c certificate has a
+                # malformed subjectAltName raised ValueError out of the
+                # pump instead of receipt_invalid.
+                ('destination', [['checkpoint', 'right', True],
+                                 ['mutate', 2574875363], ['end', 'valid']],
+                 {'local_bytes': 0, 'local_end': 'eof'},
+                 'receipt_invalid')):
             outcome = fuzzer.run_case(self.case(role, ops, **extra))
             self.assertEqual(reason, outcome, (role, ops))
 
