@@ -58,11 +58,36 @@ class SecureDriverMixin:
     ``Guest.migrate``) and through the tunnel (``SecureGuest.migrate``);
     after the test, :meth:`check_secmig_path` asserts the mode's path was
     the only one taken.
+
+    One change to nova's test *infrastructure*, none to its tests, in both
+    modes: nova's cell database fixture guards cell targeting with a
+    writer-preferring reader/writer lock, and the NUMA tests' stubs
+    (``NUMALiveMigrationRollbackTests._migrate_stub``, ``drop_move_claim``
+    in ``_test_bug_1894095``, ``test_bug_1843639``) call
+    ``_run_periodics()`` from nova's migration or RPC threads while they
+    hold a read lock (``target_cell``) and wait for
+    ``update_available_resource`` threads that need one too. If another
+    thread asks for the write lock in between (the main thread polling
+    the API, or switching cells), the threads wait on each other forever.
+    How likely that is depends only on timing: with secmig the stubs run a
+    little later (ticket, grant and tunnels come first); on a busy machine
+    the plain driver hangs the same way (seen in
+    ``Disabled_..._NUMALiveMigrationPositiveTests.test_bug_1843639`` and
+    ``Disabled_..._NUMALiveMigrationRollbackTests.test_bug_1894095_*``
+    beside two CPU hogs). A reader-preferring lock removes the deadlock and
+    changes nothing else.
     """
 
     secmig_mode = None
 
     def setUp(self):
+        # By module object: the package nova.tests.fixtures has an
+        # attribute "nova" that is nova itself, not its submodule.
+        module = sys.modules['nova.tests.fixtures.nova']
+        self.useFixture(fixtures.MockPatchObject(
+            module, 'ReaderWriterLock',
+            type('ReaderPreferringLock', (module.ReaderWriterLock,), {
+                'has_pending_writers': property(lambda self: False)})))
         self.secmig = self.useFixture(
             secmig_world.SecmigWorld(mode=self.secmig_mode))
         self.secmig_calls = {'plain': 0, 'secure': 0}
@@ -97,32 +122,9 @@ class DisabledMixin(SecureDriverMixin):
 
 
 class RequiredMixin(SecureDriverMixin):
-    """Every live migration through the tunnel.
-
-    One change to nova's test *infrastructure*, none to its tests: nova's
-    cell database fixture guards cell targeting with a writer-preferring
-    reader/writer lock, and ``NUMALiveMigrationRollbackTests._migrate_stub``
-    calls ``_run_periodics()`` from nova's migration thread, which holds a
-    read lock (``target_cell``) while it waits for
-    ``update_available_resource`` threads that need one too. If the test's
-    main thread polls the API (a writer) in between, the three threads wait
-    on each other forever. With secmig the stub runs a little later (ticket,
-    grant and tunnels come first), right into the main thread's polling, and
-    the run hung twice (nova's eventlet mode and native threads alike). A
-    reader-preferring lock removes the deadlock and changes nothing else.
-    """
+    """Every live migration through the tunnel."""
 
     secmig_mode = 'required'
-
-    def setUp(self):
-        # By module object: the package nova.tests.fixtures has an
-        # attribute "nova" that is nova itself, not its submodule.
-        module = sys.modules['nova.tests.fixtures.nova']
-        self.useFixture(fixtures.MockPatchObject(
-            module, 'ReaderWriterLock',
-            type('ReaderPreferringLock', (module.ReaderWriterLock,), {
-                'has_pending_writers': property(lambda self: False)})))
-        super().setUp()
 
     def check_secmig_path(self, world, calls):
         self.assertEqual(0, calls['plain'],
