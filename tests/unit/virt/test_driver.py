@@ -821,12 +821,15 @@ class TestSource(SourceTestCase):
         # outcome) and the guest runs here: not raised, so nova's monitor
         # rolls back instead of nova 34 putting the server in ERROR.
         guest = FakeGuest(job=libvirt.VIR_DOMAIN_JOB_NONE)
-        guest._domain.migrateToURI3.side_effect = libvirt.libvirtError('x')
+        # str() of a real libvirtError is the process's last libvirt error
+        # (whatever an earlier test left), not the constructor's text.
+        error = libvirt.libvirtError('x')
+        guest._domain.migrateToURI3.side_effect = error
         self.session.finish.return_value = migration.Result(
             MID, 'source', 'failed')
         self.operation(guest)
         self.session.finish.assert_called_once_with(
-            False, 'the libvirt job failed: x')
+            False, 'the libvirt job failed: %s' % error)
         self.assertEqual({}, self.driver._secmig_outgoing)
 
     def test_libvirt_error_with_the_guest_gone_is_nova_s(self):
