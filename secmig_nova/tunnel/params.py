@@ -7,7 +7,6 @@ is validated up front: a tunnel never starts half-configured.
 
 import dataclasses
 import ipaddress
-import json
 import math
 import os
 import re
@@ -394,20 +393,3 @@ def _from_dict(obj, environ):
     # system checked.
     _check_key_file(params.key_file)
     return params
-
-
-def load(path_or_stream):
-    """Read and validate a JSON parameters file (or stream), strict UTF-8."""
-    try:
-        if hasattr(path_or_stream, 'read'):
-            data = path_or_stream.read()
-        else:
-            with open(path_or_stream, 'rb') as f:
-                data = f.read()
-        if isinstance(data, bytes):
-            data = data.decode('utf-8')
-        obj = json.loads(data)
-    except Exception as e:
-        raise _invalid('cannot read parameters: %s',
-                       errors.peer_text(str(e)))
-    return from_dict(obj)
