@@ -31,6 +31,8 @@ import fixtures
 # First: nova's test package sets up the process (eventlet or native
 # threads) before anything else imports threading-sensitive modules.
 from nova.tests import functional  # noqa: F401
+from nova import context as nova_context  # noqa: H306,I100 (see above)
+from nova import test as nova_test
 
 from secmig_nova.virt import driver
 from tests.functional.nova import secmig_world
@@ -76,9 +78,23 @@ class SecureDriverMixin:
     ``Disabled_..._NUMALiveMigrationRollbackTests.test_bug_1894095_*``
     beside two CPU hogs). A reader-preferring lock removes the deadlock and
     changes nothing else.
+
+    A second change of the same kind: the test modules' own database reads
+    (``context.get_admin_context()`` then, e.g., ``ComputeNode.
+    get_by_nodename`` in ``_assert_host_consumed_cpus``, called from the
+    migrate stub on nova's migration thread) are not targeted at a cell, so
+    the fixture answers them from whichever cell another thread targeted
+    last (its own FIXME, bug 1717000). On a busy machine the main thread
+    polling the API has cell0 targeted at that moment and the read fails
+    with ``ComputeHostNotFound`` (seen in ``Required_..._NUMALiveMigration
+    PositiveTests.test_numa_live_migration_dest_pinned``). Every record
+    these tests read lives in cell1, their only cell: the modules'
+    ``context.get_admin_context`` returns a context targeted at cell1.
     """
 
     secmig_mode = None
+    # The nova test module the class comes from (set by _define).
+    nova_module = None
 
     def setUp(self):
         # By module object: the package nova.tests.fixtures has an
@@ -98,6 +114,10 @@ class SecureDriverMixin:
                 pkgutil.resolve_name(target), kind)))
         self.useFixture(fixtures.MonkeyPatch(
             'nova.virt.libvirt.LibvirtDriver', driver.SecureLibvirtDriver))
+        if getattr(self.nova_module, 'context', None) is nova_context:
+            self.useFixture(fixtures.MonkeyPatch(
+                '%s.context' % self.nova_module.__name__,
+                _Cell1Context(self)))
         # Runs after nova's own clean-up (clean-ups run last-in first-out),
         # which also deletes the test's attributes: pass what it needs.
         self.addCleanup(self.check_secmig_path, self.secmig,
@@ -111,6 +131,25 @@ class SecureDriverMixin:
             calls[kind] += 1
             return func(*args, **kwargs)
         return migrate
+
+
+class _Cell1Context:
+    """``nova.context`` whose admin contexts are targeted at cell1."""
+
+    def __init__(self, test):
+        self._test = test
+
+    def __getattr__(self, name):
+        return getattr(nova_context, name)
+
+    def get_admin_context(self, *args, **kwargs):
+        ctxt = nova_context.get_admin_context(*args, **kwargs)
+        cell1 = getattr(self._test, 'cell_mappings', {}).get(
+            nova_test.CELL1_NAME)
+        if cell1 is not None:
+            # Not the fixture's target_cell: no global state, no lock.
+            nova_context.set_target_cell(ctxt, cell1)
+        return ctxt
 
 
 class DisabledMixin(SecureDriverMixin):
@@ -159,6 +198,7 @@ def _define():
                 new = '%s_%s_%s' % (prefix, short, name)
                 globals()[new] = type(new, (mixin, cls), {
                     '__module__': __name__,
+                    'nova_module': module,
                     '__doc__': '%s with SecureLibvirtDriver (%s).'
                                % (cls.__name__, mixin.secmig_mode)})
 
