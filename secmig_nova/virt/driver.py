@@ -46,6 +46,7 @@ from nova import exception
 from nova import objects
 from nova.scheduler.client import report
 from nova.virt.libvirt import driver as libvirt_driver
+from nova.virt.libvirt import guest as libvirt_guest
 from nova.virt.libvirt import migration as libvirt_migrate
 from oslo_log import log as logging
 from oslo_utils import excutils
@@ -64,6 +65,9 @@ TRAIT = 'CUSTOM_SECMIG_TUNNEL'
 CLOUD_TRAIT_PREFIX = 'CUSTOM_SECMIG_CLOUD_'
 # Instance action event of the secure part of a live migration (source).
 EVENT = 'compute_secmig_live_migration'
+# libvirt's virErrorNumber for "operation aborted: job ... canceled by
+# client" (nova's test fakelibvirt does not define it).
+VIR_ERR_OPERATION_ABORTED = 78
 # Seconds between the destination's checks of a migration it prepared a
 # tunnel for: nova tells the destination driver about a rollback only when
 # it has something to clean up there (not with shared storage), so the
@@ -99,6 +103,9 @@ class SecureGuest:
         # libvirt's error when its job ended without a tunnel verdict (the
         # operator aborted it, or the tunnel died without an outcome).
         self.libvirt_failure = None
+        # libvirt said its job was cancelled (virDomainAbortJob: nova's
+        # live_migration_abort, or its own completion timeout).
+        self.cancelled = False
 
     def __getattr__(self, name):
         return getattr(self._guest, name)
@@ -144,6 +151,7 @@ class SecureGuest:
             self._guest._domain.migrateToURI3(destination, params=params,
                                               flags=flags)
         except libvirt.libvirtError as e:
+            self.cancelled = e.get_error_code() == VIR_ERR_OPERATION_ABORTED
             failure = session.tunnel_failure()
             if failure is None:
                 if not self._still_running_here():
@@ -166,6 +174,40 @@ class SecureGuest:
                       '(%s: %s); libvirt reported: %s', session.migration_id,
                       failure.get('side', 'source'), failure.get('reason'),
                       failure.get('message'), e)
+
+
+class _MonitoredGuest:
+    """The guest nova's migration monitor polls.
+
+    nova tells a cancelled migration from a failed one only if a poll
+    (every 0.5 s) lands while libvirt still reports the job CANCELLED;
+    once the job is gone it finds the guest running here and calls the
+    migration ``error``. Through the tunnel the migrate call returns only
+    after the tunnel's outcome is collected, so on a busy host the poll
+    often misses the window. libvirt's migrate call said "cancelled"
+    (``SecureGuest.cancelled``): once that call has returned and the
+    guest still runs here, the job was cancelled, whenever nova looks.
+    """
+
+    def __init__(self, guest, cancelled):
+        self._guest = guest
+        self._cancelled = cancelled
+
+    def __getattr__(self, name):
+        return getattr(self._guest, name)
+
+    def get_job_info(self):
+        libvirt = libvirt_driver.libvirt
+        info = self._guest.get_job_info()
+        if info.type == libvirt.VIR_DOMAIN_JOB_NONE and self._cancelled():
+            try:
+                active = self._guest.is_active()
+            except libvirt.libvirtError:
+                active = False
+            if active:
+                return libvirt_guest.JobInfo(
+                    type=libvirt.VIR_DOMAIN_JOB_CANCELLED)
+        return info
 
 
 def _tunnel_failure_text(failure, session, dest):
@@ -197,6 +239,8 @@ class SecureLibvirtDriver(libvirt_driver.LibvirtDriver):
         self._secmig_lock = threading.Lock()
         self._secmig_incoming = {}
         self._secmig_outgoing = {}
+        # Instances whose last secure migrate call libvirt cancelled.
+        self._secmig_cancelled = set()
 
     # -- start-up --------------------------------------------------------
 
@@ -647,6 +691,7 @@ class SecureLibvirtDriver(libvirt_driver.LibvirtDriver):
             raise SecureMigrationFailed(reason=str(e))
         with self._secmig_lock:
             self._secmig_outgoing[instance.uuid] = session
+            self._secmig_cancelled.discard(instance.uuid)
         secure_guest = SecureGuest(guest, session)
         completed, why = False, 'nova\'s migration operation raised'
         try:
@@ -654,7 +699,14 @@ class SecureLibvirtDriver(libvirt_driver.LibvirtDriver):
                 context, instance, dest, block_migration, migrate_data,
                 secure_guest, device_names)
             completed, why = self._secmig_job_outcome(guest, instance)
-            if secure_guest.tunnel_failure is not None:
+            if secure_guest.cancelled:
+                # Before this thread ends: nova's monitor reads it then.
+                with self._secmig_lock:
+                    self._secmig_cancelled.add(instance.uuid)
+                completed, why = False, 'the migration was cancelled (%s)' % (
+                    secure_guest.libvirt_failure or _tunnel_failure_text(
+                        secure_guest.tunnel_failure, session, dest))
+            elif secure_guest.tunnel_failure is not None:
                 failure = secure_guest.tunnel_failure
                 completed, why = False, _tunnel_failure_text(
                     failure, session, dest)
@@ -663,7 +715,8 @@ class SecureLibvirtDriver(libvirt_driver.LibvirtDriver):
                     why or 'the libvirt job failed',
                     secure_guest.libvirt_failure)
         finally:
-            result = session.finish(completed, why)
+            result = session.finish(completed, why,
+                                    cancelled=secure_guest.cancelled)
             with self._secmig_lock:
                 if self._secmig_outgoing.get(instance.uuid) is session:
                     del self._secmig_outgoing[instance.uuid]
@@ -671,6 +724,23 @@ class SecureLibvirtDriver(libvirt_driver.LibvirtDriver):
             raise SecureMigrationFailed(reason='migration %s %s: %s' % (
                 mid, 'completed but not verified' if completed
                 else 'did not complete', result.message or result.reason))
+
+    def _live_migration_monitor(self, context, instance, guest, dest,
+                                post_method, recover_method, block_migration,
+                                migrate_data, future, disk_paths):
+        uuid = instance.uuid
+
+        def cancelled():
+            with self._secmig_lock:
+                return future.done() and uuid in self._secmig_cancelled
+        try:
+            return super()._live_migration_monitor(
+                context, instance, _MonitoredGuest(guest, cancelled), dest,
+                post_method, recover_method, block_migration, migrate_data,
+                future, disk_paths)
+        finally:
+            with self._secmig_lock:
+                self._secmig_cancelled.discard(uuid)
 
     @staticmethod
     def _secmig_job_outcome(guest, instance):

@@ -615,7 +615,7 @@ class _Side:
                 recorded = False
         return recorded
 
-    def _end(self, completed, reason, verify):
+    def _end(self, completed, reason, verify, cancelled=False):
         with self._lock:
             if self.result is not None:
                 return self.result
@@ -625,7 +625,7 @@ class _Side:
                 else:
                     outcome = self.tunnel.stop()
                 self.result = self._conclude(completed, reason, outcome,
-                                             verify)
+                                             verify, cancelled)
             finally:
                 self.tunnel.stop()
                 self.done.set()
@@ -634,7 +634,8 @@ class _Side:
     def _result_timeout(self):
         return self.owner.settings.tunnel_result_timeout
 
-    def _conclude(self, completed, reason, outcome, verify):
+    def _conclude(self, completed, reason, outcome, verify,
+                  cancelled=False):
         mid = self.migration_id
         if completed:
             try:
@@ -659,6 +660,10 @@ class _Side:
             status, outcome = FAILED, {}
             reason = '%s (the %s tunnel ended without an outcome)' % (
                 reason or 'not completed', self.side)
+        elif cancelled:
+            # The operator (or nova's completion timeout) cancelled the
+            # job; the tunnel's failure, if any, is its consequence.
+            status = ABORTED
         elif outcome.get('status') in (FAILED, 'refused'):
             status = FAILED
         else:
@@ -724,9 +729,14 @@ class OutgoingMigration(_Side):
             return outcome
         return None
 
-    def finish(self, completed, reason=None):
-        """libvirt is done: collect, verify and record; clean up."""
-        return self._end(completed, reason, self._verify)
+    def finish(self, completed, reason=None, cancelled=False):
+        """libvirt is done: collect, verify and record; clean up.
+
+        ``cancelled``: libvirt said the job was cancelled; the migration
+        is recorded ``aborted`` (if the tunnel ended with an outcome).
+        """
+        return self._end(completed, reason, self._verify,
+                         cancelled and not completed)
 
     def _verify(self, outcome):
         store = self.owner.identity.store

@@ -292,7 +292,7 @@ class TestSecureLiveMigration(SecmigTestBase):
             raise fakelibvirt.make_libvirtError(
                 fakelibvirt.libvirtError,
                 "operation aborted: job 'migration out' canceled by client",
-                error_code=fakelibvirt.VIR_ERR_OPERATION_FAILED,
+                error_code=driver.VIR_ERR_OPERATION_ABORTED,
                 error_domain=fakelibvirt.VIR_FROM_QEMU)
 
         def abort_job(domain):
@@ -328,6 +328,59 @@ class TestSecureLiveMigration(SecmigTestBase):
         self.assertEqual('aborted', records['source']['state'])
         self.assertEqual('aborted', records['destination']['state'])
         self.assertEqual([], self.secmig.receipts(mid))
+
+    def test_abort_is_cancelled_when_the_monitor_missed_the_job_state(
+            self):
+        # On a busy host nova's monitor (a poll every 0.5 s) can miss the
+        # moment libvirt reports the job CANCELLED: it then only sees no
+        # job and the guest running here, and upstream calls that an
+        # error (the real cloud's CI did). libvirt's migrate call said
+        # "canceled by client", so the migration is cancelled.
+        started = threading.Event()
+        aborted = threading.Event()
+
+        def slow_stream(domain, destination, params, flags):
+            self.migrate_calls.append((destination, dict(params), flags))
+            started.set()
+            if not aborted.wait(30):
+                raise AssertionError('never aborted')
+            raise fakelibvirt.make_libvirtError(
+                fakelibvirt.libvirtError,
+                "operation aborted: job 'migration out' canceled by client",
+                error_code=driver.VIR_ERR_OPERATION_ABORTED,
+                error_domain=fakelibvirt.VIR_FROM_QEMU)
+
+        def abort_job(domain):
+            # The job state stays NONE: the monitor never sees CANCELLED.
+            # QEMU closed its socket: the source tunnel fails on its own,
+            # as the real one does (local_endpoint_unavailable).
+            self.secmig.tunnels.fail['source'] = (
+                'local_endpoint_unavailable',
+                'local QEMU closed its migration socket')
+            aborted.set()
+
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova.tests.fixtures.libvirt.Domain.migrateToURI3', slow_stream))
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova.tests.fixtures.libvirt.Domain.abortJob', abort_job))
+        self.api.post_server_action(self.server['id'], {
+            'os-migrateLive': {'host': 'dest', 'block_migration': 'auto'}})
+        self.assertTrue(started.wait(30))
+        [running] = self.api.api_get('/servers/%s/migrations' % self.server[
+            'id']).body['migrations']
+        self.api.delete_migration(self.server['id'], running['id'])
+        record = self._wait_for_migration_status(self.server, ['cancelled'])
+        server = self._wait_for_state_change(self.server, 'ACTIVE')
+        self.assertIsNone(server['OS-EXT-STS:task_state'])
+        self.assertEqual('src', self.host_of_server())
+        self.assertTunnelsGone()
+        event = self.secmig_event()
+        self.assertEqual('Error', event['result'])
+        self.assertIn('the migration was cancelled', event['details'])
+        self.wait_concluded(2)
+        records = self.secmig.records(record['uuid'])
+        self.assertEqual('aborted', records['source']['state'])
+        self.assertEqual([], self.secmig.receipts(record['uuid']))
 
     def test_destination_tunnel_refused_keeps_the_server_on_its_source(
             self):
