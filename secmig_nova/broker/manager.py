@@ -353,7 +353,6 @@ class BrokerManager:
         if src_cloud != self.cloud_id:
             self._inbound_policy(src_cloud, ticket)
         record = self._registration(mid, ticket)
-        self._admit(src_cloud, ticket.project_id)
         streams = _granted_streams(payload.get('streams'),
                                    record['streams'])
         grant = tokens.issue_grant(
@@ -366,9 +365,10 @@ class BrokerManager:
             dst_endpoint=record['dst_endpoint'], streams=streams,
             ttl=self.grant_ttl, now=self.clock())
         grant_claims = tokens.unverified_claims(grant)
-        self.db.transition(
-            mid, 'destination', models.GRANTED,
-            instance_uuid=ticket.instance_uuid, streams=streams,
+        # Admission and the grant in one transaction: a grant refused here
+        # is never returned.
+        self._grant(
+            mid, instance_uuid=ticket.instance_uuid, streams=streams,
             project_id=ticket.project_id,
             user_id=ticket.user_id, src_cloud=src_cloud,
             src_host=payload['src_host'],
@@ -419,25 +419,29 @@ class BrokerManager:
                           % (ticket.instance_uuid, record['instance_uuid']))
         return record
 
-    def _admit(self, src_cloud, project_id):
-        now = self.clock()
+    def _grant(self, mid, reason, **fields):
+        """Admit under the project's and the peer's limits, and grant.
+
+        Atomic across this broker's workers (db.Database.grant): with a
+        limit of N, N+k simultaneous requests get exactly N grants.
+        """
+        project_id, src_cloud = fields['project_id'], fields['src_cloud']
         limits = [('project %s' % project_id, {'project_id': project_id},
                    self.project_max_concurrent, self.project_rate)]
         if src_cloud != self.cloud_id:
             peer = self.peers[src_cloud]
             limits.append(('cloud %s' % src_cloud, {'src_cloud': src_cloud},
                            peer.max_concurrent, peer.rate))
-        for label, where, concurrent, rate in limits:
-            active, recent = self.db.admission_counts(
-                now, RATE_WINDOW, **where)
-            if concurrent and active >= concurrent:
-                raise Refused('over_concurrency_limit', '%s has %d '
-                              'migrations in flight (limit %d)'
-                              % (label, active, concurrent))
-            if rate and recent >= rate:
-                raise Refused('over_rate_limit', '%s started %d migrations '
-                              'in the last %.0f s (limit %d)'
-                              % (label, recent, RATE_WINDOW, rate))
+        try:
+            self.db.grant(mid, limits, self.clock(), RATE_WINDOW, reason,
+                          **fields)
+        except db_api.AdmissionRefused as e:
+            raise Refused(e.reason, str(e))
+        except db_api.InvalidTransition as e:
+            # Another request granted it first (a replayed or raced grant).
+            raise Refused('bad_state', 'destination %s' % e)
+        except db_api.Unsynced as e:
+            raise Refused('database_unsynced', str(e))
 
     # -- audit -----------------------------------------------------------
 

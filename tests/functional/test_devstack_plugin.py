@@ -144,7 +144,7 @@ class TestDevstackPlugin(testtools.TestCase):
         broker = self.ini(broker_conf)
         url = broker.get('secmig_broker', 'database_connection')
         from secmig_nova.broker.db import migration
-        self.assertEqual('0002', migration.version(url))
+        self.assertEqual('0003', migration.version(url))
         res = subprocess.run(
             [os.path.join(self.env['VENV_BIN'], 'secmig-nova-manage'), 'ca',
              'show', broker.get('secmig_broker', 'cert_file'), '--ca-file',

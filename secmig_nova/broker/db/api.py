@@ -32,6 +32,18 @@ class NotFound(Exception):
     pass
 
 
+class AdmissionRefused(Exception):
+    """A limit of :meth:`Database.grant` is reached; ``reason`` names it."""
+
+    def __init__(self, reason, message):
+        super().__init__(message)
+        self.reason = reason
+
+
+class Unsynced(Exception):
+    """The database lacks a row or table ``secmig-broker`` needs."""
+
+
 class _Context:
     """What enginefacade attaches its session to."""
 
@@ -59,6 +71,12 @@ class Database:
     def create_schema(self):
         """Create tables directly (tests); production uses db sync."""
         models.Base.metadata.create_all(self._tc.writer.get_engine())
+        try:
+            with self.writer() as session:
+                session.add(models.Lock(name=models.ADMISSION_LOCK,
+                                        counter=0))
+        except db_exc.DBDuplicateEntry:
+            pass
 
     def dispose(self):
         try:
@@ -130,24 +148,75 @@ class Database:
                 setattr(record, name, value)
         return self.get_migration(migration_id, side)
 
-    def admission_counts(self, now, window, **where):
-        """Admission counts of destination-side migrations.
+    def grant(self, migration_id, limits, now, window, reason, **fields):
+        """Admit and grant a destination migration in one transaction.
 
-        :returns: (in flight, granted within the last ``window`` seconds)
-            of the migrations matching ``where`` (e.g. ``project_id=x``).
+        Locks the admission row, counts the migrations in flight and
+        granted within ``window`` seconds for each limit, and moves the
+        destination record from REQUESTED or AUTHORIZED to GRANTED with
+        ``fields`` (``granted_at`` among them), all before commit.
+        Concurrent grants, from threads or broker workers on the same
+        database, run one after the other, so a limit of N never lets an
+        N+1st through.
+
+        :param now: the broker's time, what the counts are taken at.
+        :param limits: ``[(label, where, concurrent, rate)]``: ``where``
+            selects the migrations a limit counts (e.g. ``{'project_id':
+            'p'}``); 0 means unlimited.
+        :raises AdmissionRefused: ``over_concurrency_limit`` or
+            ``over_rate_limit``; nothing is changed.
+        :raises NotFound, InvalidTransition: as :meth:`transition`.
+        :raises Unsynced: the admission row is missing (``db sync`` not
+            run).
         """
         cols = models.Migration
-        base = [cols.side == 'destination']
-        base += [getattr(cols, name) == value
-                 for name, value in where.items()]
-        with self.reader() as session:
-            active = session.scalar(sa.select(sa.func.count()).where(
-                *base, cols.state.in_((models.GRANTED,
-                                       models.TRANSFERRING)),
-                sa.or_(cols.expires_at.is_(None), cols.expires_at > now)))
-            recent = session.scalar(sa.select(sa.func.count()).where(
-                *base, cols.granted_at >= now - window))
-        return active, recent
+        with self.writer() as session:
+            locked = session.execute(
+                sa.update(models.Lock)
+                .where(models.Lock.name == models.ADMISSION_LOCK)
+                .values(counter=models.Lock.counter + 1)).rowcount
+            if not locked:
+                raise Unsynced('the broker database has no admission lock '
+                               'row: run "secmig-nova-manage db sync"')
+            for label, where, concurrent, rate in limits:
+                base = [cols.side == 'destination'] + [
+                    getattr(cols, name) == value
+                    for name, value in where.items()]
+                active = session.scalar(sa.select(sa.func.count()).where(
+                    *base, cols.state.in_((models.GRANTED,
+                                           models.TRANSFERRING)),
+                    sa.or_(cols.expires_at.is_(None),
+                           cols.expires_at > now)))
+                if concurrent and active >= concurrent:
+                    raise AdmissionRefused(
+                        'over_concurrency_limit', '%s has %d migrations in '
+                        'flight (limit %d)' % (label, active, concurrent))
+                recent = session.scalar(sa.select(sa.func.count()).where(
+                    *base, cols.granted_at >= now - window))
+                if rate and recent >= rate:
+                    raise AdmissionRefused(
+                        'over_rate_limit', '%s started %d migrations in the '
+                        'last %.0f s (limit %d)'
+                        % (label, recent, window, rate))
+            record = session.get(models.Migration,
+                                 (migration_id, 'destination'),
+                                 with_for_update=True)
+            if record is None:
+                raise NotFound('no destination migration %s'
+                               % migration_id)
+            if models.GRANTED not in models.TRANSITIONS.get(record.state,
+                                                            ()):
+                raise InvalidTransition(migration_id, record.state,
+                                        models.GRANTED)
+            changed = self._clock()
+            record.state = models.GRANTED
+            record.reason = reason
+            record.updated_at = changed
+            record.history = list(record.history) + [
+                {'state': models.GRANTED, 'at': changed, 'reason': reason}]
+            for name, value in fields.items():
+                setattr(record, name, value)
+        return self.get_migration(migration_id, 'destination')
 
     # -- receipts --------------------------------------------------------
 

@@ -67,6 +67,26 @@ class Migration(Base):
     granted_at = sa.Column(sa.Double, index=True)
 
 
+# The row every grant locks first (Lock.name): admission counts and the
+# grant are one serialized transaction across broker workers.
+ADMISSION_LOCK = 'admission'
+
+
+class Lock(Base):
+    """A row to serialize a kind of transaction across broker workers.
+
+    ``SELECT ... FOR UPDATE`` of rows that do not exist yet locks nothing
+    portable, so concurrent admissions lock this row instead (an UPDATE:
+    a row lock on MySQL/MariaDB/PostgreSQL; sqlite serializes every
+    transaction anyway). ``counter`` counts the transactions it guarded.
+    """
+
+    __tablename__ = 'secmig_locks'
+
+    name = sa.Column(sa.String(64), primary_key=True)
+    counter = sa.Column(sa.BigInteger, nullable=False, default=0)
+
+
 class ReplayEntry(Base):
     """A single-use id (ticket jti, envelope nonce) until it expires."""
 

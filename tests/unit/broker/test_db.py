@@ -33,7 +33,7 @@ class TestMigrations(DbTestCase):
             '/sub/', '/')))
         migration.sync(self.url)
         migration.sync(self.url)
-        self.assertEqual('0002', migration.version(self.url))
+        self.assertEqual('0003', migration.version(self.url))
         engine = sa.create_engine(self.url)
         self.addCleanup(engine.dispose)
         with engine.connect() as conn:
@@ -197,6 +197,79 @@ class TestDatabase(DbTestCase):
         self.assertEqual([], errors)
         self.assertEqual(len(keys), results.count(True))
         self.assertEqual(200 - len(keys), results.count(False))
+
+    def _requested(self, n, project='p'):
+        mids = ['m%d' % i for i in range(n)]
+        for mid in mids:
+            self.db.create_migration(mid, 'destination', models.REQUESTED,
+                                     project_id=project)
+        return mids
+
+    def test_grant_is_refused_at_the_limit_and_changes_nothing(self):
+        a, b = self._requested(2)
+        now = time.time()
+        limits = [('project p', {'project_id': 'p'}, 1, 0)]
+        self.db.grant(a, limits, now, 60, 'ok', project_id='p',
+                      granted_at=now, expires_at=now + 60, grant_jti='j1')
+        e = self.assertRaises(api.AdmissionRefused, self.db.grant, b,
+                              limits, now, 60, 'ok', project_id='p',
+                              granted_at=now, expires_at=now + 60)
+        self.assertEqual('over_concurrency_limit', e.reason)
+        self.assertEqual(models.REQUESTED,
+                         self.db.get_migration(b, 'destination')['state'])
+        record = self.db.get_migration(a, 'destination')
+        self.assertEqual((models.GRANTED, 'j1'),
+                         (record['state'], record['grant_jti']))
+        # A grant of a migration already granted is refused too.
+        self.assertRaises(api.InvalidTransition, self.db.grant, a, [], now,
+                          60, 'again')
+
+    def test_rate_limit_counts_grants_in_the_window(self):
+        a, b = self._requested(2)
+        now = time.time()
+        limits = [('project p', {'project_id': 'p'}, 0, 1)]
+        self.db.grant(a, limits, now, 60, 'ok', granted_at=now)
+        e = self.assertRaises(api.AdmissionRefused, self.db.grant, b,
+                              limits, now + 30, 60, 'ok')
+        self.assertEqual('over_rate_limit', e.reason)
+        self.db.grant(b, limits, now + 61, 60, 'ok', granted_at=now + 61)
+
+    def test_simultaneous_grants_from_two_workers(self):
+        mids = self._requested(12)
+        dbs = [self.db, api.Database(self.url)]
+        self.addCleanup(dbs[1].dispose)
+        limits = [('project p', {'project_id': 'p'}, 4, 0)]
+        barrier = threading.Barrier(len(mids))
+        results = {}
+
+        def grant(i, mid):
+            barrier.wait(30)
+            now = time.time()
+            try:
+                dbs[i % 2].grant(mid, limits, now, 60, 'ok',
+                                 granted_at=now, expires_at=now + 60)
+                results[mid] = 'granted'
+            except api.AdmissionRefused as e:
+                results[mid] = e.reason
+        threads = [threading.Thread(target=grant, args=(i, mid))
+                   for i, mid in enumerate(mids)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        self.assertEqual(4, list(results.values()).count('granted'),
+                         results)
+        self.assertEqual(8, list(results.values()).count(
+            'over_concurrency_limit'), results)
+
+    def test_grant_without_the_lock_row_fails_closed(self):
+        [mid] = self._requested(1)
+        with self.db.writer() as session:
+            session.execute(sa.delete(models.Lock))
+        self.assertRaises(api.Unsynced, self.db.grant, mid, [], time.time(),
+                          60, 'ok')
+        self.assertEqual(models.REQUESTED,
+                         self.db.get_migration(mid, 'destination')['state'])
 
     def test_expired_key_may_be_used_again(self):
         now = [1000.0]
