@@ -730,7 +730,8 @@ class TestSource(SourceTestCase):
             params={'migrate_uri': self.session.migrate_uri,
                     'destination_xml': '<x/>', 'persistent_xml': '<x/>'},
             flags=P2P)
-        self.session.finish.assert_called_once_with(True, None)
+        self.session.finish.assert_called_once_with(True, None,
+                                                    cancelled=False)
         self.events.assert_called_once_with(
             self.context, driver.EVENT, 'host-a', UUID, graceful_exit=True)
         self.assertIsNone(self.event_failure())
@@ -793,7 +794,8 @@ class TestSource(SourceTestCase):
             MID, 'source', 'failed', 'checkpoint_mismatch', 'x')
         self.operation(guest)
         self.session.finish.assert_called_once_with(
-            False, 'source tunnel: checkpoint_mismatch: digest differs')
+            False, 'source tunnel: checkpoint_mismatch: digest differs',
+            cancelled=False)
         self.assertIn('did not complete',
                       self.event_failure().format_message())
 
@@ -829,7 +831,7 @@ class TestSource(SourceTestCase):
             MID, 'source', 'failed')
         self.operation(guest)
         self.session.finish.assert_called_once_with(
-            False, 'the libvirt job failed: %s' % error)
+            False, 'the libvirt job failed: %s' % error, cancelled=False)
         self.assertEqual({}, self.driver._secmig_outgoing)
 
     def test_libvirt_error_with_the_guest_gone_is_nova_s(self):
@@ -840,7 +842,7 @@ class TestSource(SourceTestCase):
             MID, 'source', 'aborted')
         self.assertRaises(libvirt.libvirtError, self.operation, guest)
         self.session.finish.assert_called_once_with(
-            False, 'nova\'s migration operation raised')
+            False, 'nova\'s migration operation raised', cancelled=False)
         self.assertEqual({}, self.driver._secmig_outgoing)
 
     def test_cancelled_job(self):
@@ -848,7 +850,45 @@ class TestSource(SourceTestCase):
             MID, 'source', 'aborted')
         self.operation(FakeGuest(job=libvirt.VIR_DOMAIN_JOB_CANCELLED))
         self.session.finish.assert_called_once_with(
-            False, 'the libvirt job was cancelled')
+            False, 'the libvirt job was cancelled', cancelled=False)
+
+    def test_libvirt_cancel_is_recorded_and_told_to_the_monitor(self):
+        # libvirt said "canceled by client" (nova's abort): the session is
+        # finished as cancelled and nova's monitor will be told so.
+        guest = FakeGuest(job=libvirt.VIR_DOMAIN_JOB_NONE)
+        error = libvirt.libvirtError('x')
+        error.get_error_code = lambda: driver.VIR_ERR_OPERATION_ABORTED
+        guest._domain.migrateToURI3.side_effect = error
+        self.session.finish.return_value = migration.Result(
+            MID, 'source', 'aborted')
+        self.operation(guest)
+        args, kwargs = self.session.finish.call_args
+        self.assertEqual({'cancelled': True}, kwargs)
+        self.assertFalse(args[0])
+        self.assertTrue(args[1].startswith('the migration was cancelled'),
+                        args[1])
+        self.assertEqual({UUID}, self.driver._secmig_cancelled)
+
+    def test_monitor_sees_cancelled_once_the_operation_ended_so(self):
+        guest = FakeGuest(job=libvirt.VIR_DOMAIN_JOB_NONE)
+        said = [False]
+        monitored = driver._MonitoredGuest(guest, lambda: said[0])
+        # Before the operation ended (or when it did not end cancelled):
+        # nova's own reading.
+        self.assertEqual(libvirt.VIR_DOMAIN_JOB_NONE,
+                         monitored.get_job_info().type)
+        said[0] = True
+        self.assertEqual(libvirt.VIR_DOMAIN_JOB_CANCELLED,
+                         monitored.get_job_info().type)
+        # A job libvirt still reports is reported as it is.
+        guest.job = libvirt.VIR_DOMAIN_JOB_UNBOUNDED
+        self.assertEqual(libvirt.VIR_DOMAIN_JOB_UNBOUNDED,
+                         monitored.get_job_info().type)
+        # The guest is gone from here: not a cancel (nova decides).
+        guest.job = libvirt.VIR_DOMAIN_JOB_NONE
+        guest.is_active = lambda: False
+        self.assertEqual(libvirt.VIR_DOMAIN_JOB_NONE,
+                         monitored.get_job_info().type)
 
     def test_refuses_tunnelled_flags(self):
         self.super_op.side_effect = nova_operation(
@@ -908,7 +948,8 @@ class TestCrossCloudSource(CrossCloudTestCase, SourceTestCase):
         self.assertIsInstance(self.super_op.call_args[0][6],
                               driver.SecureGuest)
         guest._domain.migrateToURI3.assert_called_once()
-        self.session.finish.assert_called_once_with(True, None)
+        self.session.finish.assert_called_once_with(True, None,
+                                                    cancelled=False)
         self.assertIsNone(self.event_failure())
 
     def test_destination_of_this_cloud(self):
