@@ -8,7 +8,6 @@ is the real one started by tests/functional/fixtures/keystone.py.
 
 import shutil
 import tempfile
-import threading
 import time
 import uuid
 
@@ -281,81 +280,3 @@ class TestTwoWorkers(BrokersOnRabbit):
         self.assertEqual(24, sum(per_worker), per_worker)
         self.assertTrue(all(per_worker), 'one worker served all: %s'
                         % per_worker)
-
-
-class TestAtomicAdmission(BrokersOnRabbit):
-    """N+k simultaneous grants, two cloud-b workers, one database.
-
-    cloud-b's project limit is N migrations in flight. Its two
-    ``secmig-broker`` workers serve the same topic on the same database
-    (RabbitMQ hands the forwarded grant requests to both); all requests
-    are sent at once. Exactly N are granted, the others refused with
-    ``over_concurrency_limit``, and the database holds exactly the N
-    grants its callers received.
-    """
-
-    project_limit = 3
-    extra = 7
-
-    def test_simultaneous_grants_respect_the_limit(self):
-        second = BrokerProcess(self.root, 'b2', self.pki.b, self.pki.a,
-                               self.rabbit, self.ks,
-                               project_limit=self.project_limit,
-                               db_url=self.b.db_url)
-        second.start(self.api('cloud-b'))
-        self.addCleanup(second.stop)
-        count = self.project_limit + self.extra
-        mids = [self.register() for _ in range(count)]
-        tickets = [self.authorize(mid) for mid in mids]
-        offsets = (self.b._log_size(), second._log_size())
-        barrier = threading.Barrier(count)
-        results = {}
-
-        def request(mid, ticket):
-            try:
-                barrier.wait(60)
-                results[mid] = ('granted', self.grant(mid, ticket))
-            except rpcapi.BrokerRefused as e:
-                results[mid] = ('refused', e.reason)
-            except Exception as e:  # noqa: reported by the assertions
-                results[mid] = ('error', repr(e))
-
-        threads = [threading.Thread(target=request, args=pair)
-                   for pair in zip(mids, tickets)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(API_TIMEOUT + 30)
-        self.assertEqual(count, len(results), 'requests without an answer')
-        granted = {mid for mid, (kind, _v) in results.items()
-                   if kind == 'granted'}
-        self.assertEqual(self.project_limit, len(granted), results)
-        self.assertEqual(
-            {'over_concurrency_limit'},
-            {value for kind, value in results.values() if kind != 'granted'},
-            results)
-        db = db_api.Database(self.b.db_url)
-        self.addCleanup(db.dispose)
-        records = {mid: db.get_migration(mid, 'destination') for mid in mids}
-        self.assertEqual(granted, {mid for mid, r in records.items()
-                                   if r['state'] == models.GRANTED})
-        for mid in granted:
-            self.assertEqual(
-                tokens.unverified_claims(results[mid][1])['jti'],
-                records[mid]['grant_jti'])
-        # Both workers decided some of them: the race was between
-        # processes, not only between one worker's threads.
-        decided = [
-            log.count('forward_grant refused (over_concurrency_limit)') +
-            sum(('Migration %s granted' % mid) in log for mid in mids)
-            for log in (self.b.log_since(offsets[0]),
-                        second.log_since(offsets[1]))]
-        self.assertEqual(count, sum(decided), decided)
-        self.assertTrue(all(decided), 'one worker decided all: %s'
-                        % decided)
-
-
-class TestAtomicAdmissionMariaDB(TestAtomicAdmission):
-    """The same on MariaDB (row lock instead of sqlite's file lock)."""
-
-    database = 'mariadb'
