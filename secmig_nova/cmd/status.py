@@ -5,8 +5,9 @@ prints Success, Warning or Failure with what to do, and the exit status is
 the worst result: 0 success, 1 warning, 2 failure.
 
 Checks: the ``[secmig]`` identity and trust files load and this host's
-certificate verifies against its own CA (and CRL); the private key is not
-readable by others; certificates and the CRL are not expired or about to
+certificate verifies against its own CA (and CRL); the private key is
+accessible to its owner only (a failure otherwise, as the tunnel refuses
+it); certificates and the CRL are not expired or about to
 expire; nova's ``[libvirt]`` is not set to tunnelled or native-TLS
 migration (never stacked with secmig); the broker answers on the message
 bus; libvirt is new enough for UNIX-socket migration (6.8.0).
@@ -49,7 +50,11 @@ def check_identity(conf):
                       'with secmig-nova-manage ca issue host).' % e)
     mode = stat.S_IMODE(os.stat(s.key_file).st_mode)
     if mode & 0o077:
-        return Result(WARNING, '%s is readable by others (mode %o): chmod '
+        # The tunnel refuses such a key (key_file_insecure): every secure
+        # migration of this host would fail, so this is not a warning.
+        return Result(FAILURE, '%s is accessible to others (mode %04o): '
+                      'secmig-tunnel refuses it (key_file_insecure), so '
+                      'every secure migration of this host fails. chmod '
                       '600 it.' % (s.key_file, mode))
     return Result(SUCCESS, '%s, fingerprint %s' % (peer.identity.urn,
                                                    peer.fingerprint))

@@ -60,11 +60,14 @@ class TestStatus(testtools.TestCase):
         self.assertEqual(1, res.returncode, res.stdout)
         self.assertIn('renew it', res.stdout)
 
-    def test_readable_key_is_a_warning(self):
+    def test_readable_key_is_a_failure(self):
+        # secmig-tunnel refuses the key (key_file_insecure): status must
+        # not call the host ready with a warning.
         path, key = self.conf()
-        os.chmod(key, 0o644)
+        os.chmod(key, 0o640)
         res = status(path, '--skip-broker')
-        self.assertEqual(1, res.returncode, res.stdout)
+        self.assertEqual(2, res.returncode, res.stdout)
+        self.assertIn('key_file_insecure', res.stdout)
         self.assertIn('chmod 600', res.stdout)
 
     def test_tunnelled_migration_is_a_failure(self):
