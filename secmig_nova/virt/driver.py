@@ -166,10 +166,19 @@ class SecureGuest:
                           'and the guest still runs here: %s',
                           session.migration_id, e)
                 return
+            self.tunnel_failure = failure
+            if self.cancelled:
+                # The operator's abort: QEMU closed its socket, so the
+                # tunnel's failure is the consequence, not the cause.
+                LOG.warning('Migration %s: libvirt cancelled the job (%s); '
+                            'the %s tunnel then ended: %s: %s',
+                            session.migration_id, e,
+                            failure.get('side', 'source'),
+                            failure.get('reason'), failure.get('message'))
+                return
             # The tunnel aborted the stream (and said why); libvirt's error
             # is its consequence. The guest still runs here: nova's monitor
             # rolls back as for any failed job.
-            self.tunnel_failure = failure
             LOG.error('Migration %s: the %s tunnel aborted the migration '
                       '(%s: %s); libvirt reported: %s', session.migration_id,
                       failure.get('side', 'source'), failure.get('reason'),
