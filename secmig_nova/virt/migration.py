@@ -747,6 +747,28 @@ class OutgoingMigration(_Side):
             expected_streams=self.grant.streams)
 
 
+class _Phases:
+    """Wall-clock durations of a side's setup steps, in order."""
+
+    def __init__(self, clock=time.monotonic):
+        self._clock = clock
+        self._start = self._last = clock()
+        self.steps = {}
+
+    def done(self, name):
+        now = self._clock()
+        self.steps[name] = now - self._last
+        self._last = now
+
+    @property
+    def total(self):
+        return self._last - self._start
+
+    def __str__(self):
+        return 'setup %.3f s (%s)' % (self.total, ', '.join(
+            '%s %.3f s' % item for item in self.steps.items()))
+
+
 class IncomingMigration(_Side):
     """The destination side of one migration: tunnel and registration."""
 
@@ -885,6 +907,7 @@ class SecureMigration:
         :raises SecureMigrationError: nothing is left running then.
         """
         _check_streams(streams)
+        phases = _Phases()
         s = self.settings
         src_store = self.trust_store(src_cloud)
         sockets = {kind: socket_path(s.socket_dir, migration_id, kind)
@@ -895,6 +918,7 @@ class SecureMigration:
             port_min=s.tunnel_port_min, port_max=s.tunnel_port_max),
             self.tunnel_factory)
         ready = tunnel.start(s.tunnel_ready_timeout)
+        phases.done('tunnel ready')
         endpoint = ready.get('endpoint')
         try:
             if not endpoint:
@@ -902,6 +926,7 @@ class SecureMigration:
                                            'tunnel reported no endpoint')
             self.host_client.register_incoming(migration_id, endpoint,
                                                streams, instance_uuid)
+            phases.done('registration')
         except (SecureMigrationError, rpcapi.BrokerRefused) as e:
             tunnel.stop()
             reason = getattr(e, 'reason', 'broker_refused')
@@ -910,8 +935,8 @@ class SecureMigration:
                 'destination tunnel of migration %s: %s'
                 % (self.cloud_id, migration_id, e.args[0]))
         LOG.info('Migration %s of instance %s: destination tunnel listening '
-                 'on %s for %s, registered with the broker', migration_id,
-                 instance_uuid, endpoint, streams)
+                 'on %s for %s, registered with the broker; %s',
+                 migration_id, instance_uuid, endpoint, streams, phases)
         return IncomingMigration(self, migration_id, instance_uuid, tunnel,
                                  endpoint, streams, src_store)
 
@@ -932,6 +957,7 @@ class SecureMigration:
             broker knows the migration failed.
         """
         _check_streams(streams)
+        phases = _Phases()
         dst_cloud = dst_cloud or self.cloud_id
         dst_store = self.trust_store(dst_cloud)
         client = self.host_client
@@ -940,6 +966,7 @@ class SecureMigration:
                 migration_id, instance_uuid, dst_host, dst_cloud,
                 token=token, user_id=user_id,
                 project_id=project_id)['ticket']
+            phases.done('ticket')
         except rpcapi.BrokerRefused as e:
             raise SecureMigrationError(
                 e.reason, 'the broker of cloud %s refused to authorize '
@@ -956,6 +983,7 @@ class SecureMigration:
             grant = self._check_grant(answer.get('grant'), migration_id,
                                       instance_uuid, dst_host, streams,
                                       dst_store)
+            phases.done('grant')
             s = self.settings
             sockets = {kind: socket_path(s.socket_dir, migration_id, kind)
                        for kind in streams}
@@ -965,6 +993,7 @@ class SecureMigration:
                 self.tunnel_factory, sockets=sockets.values(),
                 cleaner=self.socket_cleaner)
             ready = tunnel.start(s.tunnel_ready_timeout)
+            phases.done('tunnel ready')
             if ready.get('sockets') != sockets:
                 raise SecureMigrationError(
                     'tunnel_failed', 'the source tunnel listens on %s, '
@@ -980,10 +1009,12 @@ class SecureMigration:
                             migration_id, rec)
             raise
         LOG.info('Migration %s of instance %s to %s: granted %s, source '
-                 'tunnel listening on %s', migration_id, instance_uuid,
-                 dst_host, grant.streams, sockets)
-        return OutgoingMigration(self, migration_id, instance_uuid, tunnel,
-                                 grant, sockets, dst_store)
+                 'tunnel listening on %s; %s', migration_id, instance_uuid,
+                 dst_host, grant.streams, sockets, phases)
+        outgoing = OutgoingMigration(self, migration_id, instance_uuid,
+                                     tunnel, grant, sockets, dst_store)
+        outgoing.setup = phases
+        return outgoing
 
     def _check_grant(self, token, migration_id, instance_uuid, dst_host,
                      streams, dst_store):

@@ -5,6 +5,7 @@ test PKI); tunnel processes are tests/unit/virt/fakes.py, which validate
 their parameters with the real parser and sign real receipts.
 """
 
+import logging
 import os
 import shutil
 import stat
@@ -12,6 +13,7 @@ import tempfile
 from unittest import mock
 import uuid
 
+import fixtures
 from oslo_config import cfg
 import testtools
 
@@ -97,6 +99,43 @@ class MigrationTestCase(testtools.TestCase):
                               **kwargs)
         self.assertEqual(reason, e.reason, str(e))
         return e
+
+
+class TestSetupPhases(MigrationTestCase):
+    """Each side's setup steps, timed, in its INFO line (issue 14)."""
+
+    def test_both_sides_log_their_setup_steps(self):
+        logs = self.useFixture(fixtures.FakeLogger(
+            name='secmig_nova.virt.migration', level=logging.INFO))
+        self.dst.prepare_destination(self.mid, INSTANCE, {'memory': 1})
+        self.answer()
+        outgoing = self.src.start_source(self.mid, INSTANCE, 'host-a2',
+                                         {'memory': 1}, user_id='u',
+                                         project_id='p')
+        self.assertEqual(['ticket', 'grant', 'tunnel ready'],
+                         list(outgoing.setup.steps))
+        self.assertTrue(all(v >= 0 for v in outgoing.setup.steps.values()))
+        self.assertAlmostEqual(sum(outgoing.setup.steps.values()),
+                               outgoing.setup.total, places=6)
+        self.assertRegex(logs.output, r'registered with the broker; setup '
+                         r'[0-9.]+ s \(tunnel ready [0-9.]+ s, registration '
+                         r'[0-9.]+ s\)')
+        self.assertRegex(logs.output, r'source tunnel listening on .*; setup '
+                         r'[0-9.]+ s \(ticket [0-9.]+ s, grant [0-9.]+ s, '
+                         r'tunnel ready [0-9.]+ s\)')
+        outgoing.finish(False, 'test over')
+
+    def test_phases_add_up(self):
+        now = [10.0]
+        phases = migration._Phases(clock=lambda: now[0])
+        now[0] = 10.25
+        phases.done('ticket')
+        now[0] = 10.75
+        phases.done('grant')
+        self.assertEqual({'ticket': 0.25, 'grant': 0.5}, phases.steps)
+        self.assertEqual(0.75, phases.total)
+        self.assertEqual('setup 0.750 s (ticket 0.250 s, grant 0.500 s)',
+                         str(phases))
 
 
 class TestSettingsAndIdentity(MigrationTestCase):
