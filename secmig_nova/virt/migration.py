@@ -670,6 +670,14 @@ class _Side:
             status = ABORTED
         why = reason or outcome.get('message') or outcome.get('reason') \
             or 'stopped'
+        verdict = outcome.get('reason')
+        if status == FAILED and reason and verdict and verdict not in reason:
+            # The tunnel's own verdict first: what the caller knows (nova
+            # marked the migration failed, it rolled back) does not say
+            # why, and the audit record must (e.g. stream_tampered).
+            why = '%s tunnel: %s: %s; %s' % (
+                self.side, verdict, outcome.get('message') or verdict,
+                reason)
         recorded = self._record(status, reason=why)
         LOG.warning('Migration %s (%s side) did not complete: %s', mid,
                     self.side, why)

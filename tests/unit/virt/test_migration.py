@@ -436,6 +436,22 @@ class TestDestination(MigrationTestCase):
         self.dst.host_client.record_receipt.assert_called_once_with(
             self.mid, 'aborted', connections=(), reason='rolled back')
 
+    def test_failed_tunnel_verdict_comes_first_in_the_record(self):
+        # nova stops the destination because the migration is failed;
+        # the record says why: the tunnel's own verdict (the real cloud's
+        # byte-flip test found only "the migration is failed" there).
+        self.tunnels.fail['destination'] = (
+            'stream_tampered', 'a TLS record failed its integrity check')
+        incoming = self.dst.prepare_destination(self.mid, INSTANCE,
+                                                {'memory': 1})
+        result = incoming.finish(False, 'the migration is failed')
+        self.assertEqual(('failed', 'stream_tampered'),
+                         (result.status, result.reason))
+        self.dst.host_client.record_receipt.assert_called_once_with(
+            self.mid, 'failed', connections=(), reason=(
+                'destination tunnel: stream_tampered: a TLS record failed '
+                'its integrity check; the migration is failed'))
+
     def test_completed_without_connections_is_failed(self):
         incoming = self.dst.prepare_destination(self.mid, INSTANCE,
                                                 {'memory': 1})
