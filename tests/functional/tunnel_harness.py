@@ -209,13 +209,20 @@ class Proxy:
                 client, _ = self._sock.accept()
             except OSError:
                 return
-            host, port = self.target.rsplit(':', 1)
-            upstream = socket.create_connection((host, int(port)))
+            try:
+                upstream = self._connect_upstream(client)
+            except OSError:
+                client.close()
+                continue
             threading.Thread(target=self._pump, args=(client, upstream, True),
                              daemon=True).start()
             threading.Thread(target=self._pump,
                              args=(upstream, client, False),
                              daemon=True).start()
+
+    def _connect_upstream(self, client):
+        host, port = self.target.rsplit(':', 1)
+        return socket.create_connection((host, int(port)))
 
     def _pump(self, src, dst, forward):
         key = 'src_to_dst' if forward else 'dst_to_src'

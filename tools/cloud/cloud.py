@@ -29,6 +29,7 @@ Needs root and tools/cloud/install.sh. Runs with any Python 3.11
 
 import argparse
 import concurrent.futures
+import configparser
 import json
 import os
 import secrets
@@ -59,6 +60,11 @@ PORT_BASE = int(os.environ.get('SECMIG_CLOUD_PORT_BASE', '29300'))
 # (lab-<name>), so the plugin's `hostname -s` names the certificate.
 HOSTS = {'cmp-a': 'cloud-a', 'cmp-b': 'cloud-b'}
 TUNNEL_PORTS = {'cloud-a': (49700, 49749), 'cloud-b': (49750, 49799)}
+# What a host that offers the tunnel reports in placement.
+SECMIG_TRAIT = 'CUSTOM_SECMIG_TUNNEL'
+# The image's kernel command line: the guest keeps 4 MiB of lines of it in
+# memory (tools/lab/guest.sh), what a wire tap must never see.
+MARKER = 'SECMIG-CLOUD-MARKER-5b0e'
 PORT_NAMES = ('mysql', 'amqp', 'amqp_dist', 'keystone', 'placement',
               'glance', 'neutron', 'nova')
 DATABASES = ('keystone', 'placement', 'glance', 'neutron', 'nova_api',
@@ -703,7 +709,10 @@ class Cloud:
                             'log_file': log_path('nova-compute-%s' % name),
                             'heal_instance_info_cache_interval': '0',
                             'graceful_shutdown_timeout': '5'},
+                # Post-copy permitted: force-complete switches to it
+                # (tests/functional/cloud/test_faults.py).
                 'libvirt': {'virt_type': 'qemu', 'cpu_mode': 'none',
+                            'live_migration_permit_post_copy': 'True',
                             'live_migration_uri':
                                 'qemu+unix:///system?socket=%s/%%s/'
                                 'libvirt-sock' % path('lab', 'libvirt')},
@@ -892,17 +901,24 @@ print(json.dumps({'project_id': proj[a['project']], 'users': users}))
                       "deleted=0" % host, 'nova'])
         return bool(out.strip())
 
-    def service_up(self, binary, host=None):
+    def service_up(self, binary, host=None, since=None):
+        """Whether nova has a recent heartbeat of ``binary`` (on ``host``).
+
+        Recent: less than 60 s old and, with ``since``, newer than that
+        UTC time.
+        """
         sock = path('data', 'mysql.sock')
         sql = ("SELECT host FROM services WHERE `binary`='%s' AND deleted=0 "
                "AND TIMESTAMPDIFF(SECOND, COALESCE(updated_at, created_at), "
                "UTC_TIMESTAMP()) < 60" % binary)
+        if since:
+            sql += " AND COALESCE(updated_at, created_at) > '%s'" % since
         out = output(['mariadb', '--no-defaults', '--socket=%s' % sock,
                       '-u', 'root', '-N', '-e', sql, 'nova'])
         hosts = out.split()
         return bool(hosts) if host is None else host in hosts
 
-    def compute(self, name):
+    def compute(self, name, since=None):
         conf = path('etc', 'nova-cpu-%s.conf' % name)
         env = self.lab_env()
         env['PATH'] = BIN + ':' + env.get('PATH', '')
@@ -912,7 +928,8 @@ print(json.dumps({'project_id': proj[a['project']], 'users': users}))
             log=log_path('nova-compute-%s.out' % name))
         self.procs['nova-compute-%s' % name] = proc
         wait_for('nova-compute %s' % name,
-                 lambda: self.service_up('nova-compute', 'lab-%s' % name)
+                 lambda: self.service_up('nova-compute', 'lab-%s' % name,
+                                         since)
                  and self.compute_node('lab-%s' % name),
                  proc, log=log_path('nova-compute-%s' % name),
                  fatal=' ERROR nova ')
@@ -972,7 +989,7 @@ print(json.dumps({'project_id': proj[a['project']], 'users': users}))
             '--property', 'kernel_id=%s' % ids['aki'],
             '--property', 'ramdisk_id=%s' % ids['ari'],
             '--property', 'os_command_line=console=ttyS0 '
-            'secmig.marker=SECMIG-CLOUD-MARKER-5b0e',
+            'secmig.marker=%s' % MARKER,
             IMAGE, '-f', 'value', '-c', 'id').strip()
 
     def flavor(self):
@@ -996,10 +1013,14 @@ print(json.dumps({'project_id': proj[a['project']], 'users': users}))
             'SECMIG_CLOUD_HOSTS': ' '.join('lab-%s' % h for h in HOSTS),
             'SECMIG_CLOUD_LAB_DIR': path('lab'),
             'SECMIG_CLOUD_PORTS': json.dumps(self.ports),
+            'SECMIG_CLOUD_MARKER': MARKER,
         }
         for name, cloud in HOSTS.items():
             lines['SECMIG_CLOUD_TRUST_lab_%s' % name.replace('-', '_')] = \
                 cloud
+        for cloud, (low, high) in TUNNEL_PORTS.items():
+            lines['SECMIG_CLOUD_TUNNEL_PORTS_%s' % cloud.replace('-', '_')] \
+                = '%d-%d' % (low, high)
         write(path('cloud.env'), ''.join(
             "%s='%s'\n" % (k, v) for k, v in lines.items()), 0o600)
 
@@ -1034,6 +1055,56 @@ print(json.dumps({'project_id': proj[a['project']], 'users': users}))
         say('cloud down in %.1f s (logs kept in %s)'
             % (time.monotonic() - t0, path('logs')))
 
+    # -- restart-compute ------------------------------------------------------
+
+    def restart_compute(self, name, enforcement=None):
+        """Restart one host's nova-compute, optionally in another mode.
+
+        ``enforcement`` rewrites that host's ``[secmig] enforcement`` first
+        (the tests make a host "without secmig" with ``disabled``). Waits
+        until nova sees the service up again, as ``up`` does, and until
+        placement shows the trait the new mode offers (or not).
+        """
+        if name not in HOSTS:
+            raise CloudError('no host %r (hosts: %s)'
+                             % (name, ', '.join(HOSTS)))
+        if recorded('nova-compute-%s' % name) is None:
+            raise CloudError('nova-compute-%s is not running: is the cloud '
+                             'up? (tools/cloud/cloud.sh status)' % name)
+        if enforcement is not None:
+            conf = path('etc', 'nova-cpu-%s.conf' % name)
+            parser = configparser.RawConfigParser(strict=False)
+            parser.optionxform = str
+            parser.read(conf)
+            if not parser.has_section('secmig'):
+                parser.add_section('secmig')
+            parser.set('secmig', 'enforcement', enforcement)
+            with open(conf, 'w') as f:
+                parser.write(f)
+        t0 = time.monotonic()
+        stop('nova-compute-%s' % name)
+        # Up again means a heartbeat newer than the old process's last.
+        since = output(['mariadb', '--no-defaults', '--socket=%s'
+                        % path('data', 'mysql.sock'), '-u', 'root', '-N',
+                        '-e', 'SELECT UTC_TIMESTAMP()', 'nova']).strip()
+        self.compute(name, since=since)
+        if enforcement is not None:
+            # The other host decides from placement: wait until the node's
+            # trait says what the new mode offers.
+            offers = enforcement != 'disabled'
+            rp = self.osc('resource', 'provider', 'list', '--name',
+                          'lab-%s' % name, '-f', 'value', '-c',
+                          'uuid').strip()
+            wait_for('placement trait %s of lab-%s' % (SECMIG_TRAIT, name),
+                     lambda: (SECMIG_TRAIT in self.osc(
+                         '--os-placement-api-version', '1.6', 'resource',
+                         'provider', 'trait', 'list', rp, '-f', 'value',
+                         '-c', 'name').split()) == offers,
+                     log=log_path('nova-compute-%s' % name))
+        say('nova-compute-%s restarted%s in %.1f s'
+            % (name, ' (enforcement = %s)' % enforcement if enforcement
+               else '', time.monotonic() - t0))
+
     # -- status -------------------------------------------------------------
 
     def status(self):
@@ -1060,8 +1131,18 @@ print(json.dumps({'project_id': proj[a['project']], 'users': users}))
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('command', choices=('up', 'down', 'status'))
+    parser.add_argument('command', choices=('up', 'down', 'status',
+                                            'restart-compute'))
+    parser.add_argument('host', nargs='?',
+                        help='restart-compute: the lab host (%s)'
+                        % ', '.join(HOSTS))
+    parser.add_argument('--secmig-enforcement',
+                        choices=('disabled', 'preferred', 'required'),
+                        help='restart-compute: set [secmig] enforcement '
+                        'in the host\'s nova-cpu conf first')
     args = parser.parse_args()
+    if args.command == 'restart-compute' and not args.host:
+        parser.error('restart-compute needs a host')
     if os.geteuid() != 0:
         sys.exit('cloud: must run as root (lab hosts, libvirt)')
     cloud = Cloud()
@@ -1071,6 +1152,8 @@ def main():
             cloud.up()
         elif args.command == 'down':
             cloud.down()
+        elif args.command == 'restart-compute':
+            cloud.restart_compute(args.host, args.secmig_enforcement)
         else:
             return cloud.status()
     except (CloudError, OSError, subprocess.SubprocessError) as e:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what the test cloud (tools/cloud/cloud.sh) needs and is missing:
-# Debian's mariadb-server (and the lab's libvirt/QEMU/RabbitMQ through
-# tools/lab/install.sh when absent), and a separate virtualenv .venv-cloud
+# Debian's mariadb-server and iptables (and the lab's libvirt/QEMU/RabbitMQ
+# through tools/lab/install.sh when absent), and a separate virtualenv .venv-cloud
 # holding the OpenStack services pinned next to nova 34, uwsgi, PyMySQL,
 # libvirt-python and secmig-nova itself (editable, so nova-compute loads
 # this working tree's driver). Idempotent; a stamp skips pip when the pins
@@ -32,9 +32,11 @@ t0=$SECONDS
 [ "$(id -u)" = 0 ] || { echo "install.sh: must run as root" >&2; exit 1; }
 
 # Maintainer scripts must not start a system MariaDB or RabbitMQ: the cloud
-# starts its own (tools/apt-install.sh keeps them from starting).
+# starts its own (tools/apt-install.sh keeps them from starting). iptables:
+# the fault tests' man in the middle (a NAT rule on loopback traffic to
+# the tunnel ports, tests/functional/cloud/wire.py).
 bash "$repo/tools/apt-install.sh" mariadb-server mariadb-client \
-    rabbitmq-server
+    rabbitmq-server iptables
 if ! command -v libvirtd >/dev/null || ! command -v qemu-system-x86_64 >/dev/null; then
     step "tools/lab/install.sh (libvirt, QEMU)"
     bash "$repo/tools/lab/install.sh"

@@ -995,12 +995,13 @@ def _call_logged(func, result):
 class Capture:
     """tcpdump on the loopback interface for some TCP ports.
 
-    ``ports``: port numbers and ``(low, high)`` ranges. Every hop of the
-    lab's migrations is on ``lo`` (one network namespace), so this sees
-    exactly what a wire tap between the hosts would.
+    ``ports``: port numbers and ``(low, high)`` ranges (or ``bpf``, a
+    tcpdump filter). Every hop of the lab's migrations is on ``lo`` (one
+    network namespace), so this sees exactly what a wire tap between the
+    hosts would.
     """
 
-    def __init__(self, path, ports):
+    def __init__(self, path, ports, bpf=None):
         self.path = path
         parts = []
         for p in ports:
@@ -1008,7 +1009,8 @@ class Capture:
                 parts.append('tcp portrange %d-%d' % tuple(p))
             else:
                 parts.append('tcp port %d' % p)
-        self.filter = ' or '.join(parts)
+        # ``bpf``: a whole tcpdump filter instead of the ports.
+        self.filter = bpf or ' or '.join(parts)
         self.proc = None
         self.stats = {}
         self._err = []

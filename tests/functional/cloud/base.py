@@ -124,14 +124,16 @@ class CloudTestCase(testtools.TestCase):
 
     # -- servers --------------------------------------------------------------
 
-    def create_server(self, name, host):
-        """A server of the secmig flavor on ``host``, ACTIVE; deleted after.
+    def create_server(self, name, host, flavor=None):
+        """A server of the secmig flavor (or ``flavor``) on ``host``, ACTIVE.
 
         Created by the admin in the demo project (only admins may name the
-        host), so the demo project's operator can migrate it.
+        host), so the demo project's operator can migrate it; deleted
+        after the test.
         """
         server = self.osc('server', 'create', '--flavor',
-                          self.cloud['SECMIG_CLOUD_FLAVOR'], '--image',
+                          flavor or self.cloud['SECMIG_CLOUD_FLAVOR'],
+                          '--image',
                           self.cloud['SECMIG_CLOUD_IMAGE'], '--nic', 'none',
                           '--host', host, '--wait', name, api='2.74',
                           project=self.project)

@@ -17,7 +17,9 @@ import signal
 import subprocess
 import time
 
+from secmig_nova.tunnel import errors as tunnel_errors
 from tests.functional.cloud import base
+from tests.functional.cloud import wire
 
 MIB = 1024 * 1024
 # Slow enough that the copy lasts minutes, so every check below happens
@@ -26,6 +28,9 @@ SLOW_MIB_PER_S = 1
 DATA_PROCESSED = re.compile(r'^Data processed:\s+([0-9.]+) (\w+)', re.M)
 UNITS = {'B': 1, 'KiB': 1024, 'MiB': MIB, 'GiB': 1024 * MIB}
 WAIT = 240
+# Where the man in the middle flips a bit (per connection, source to
+# destination): past the handshake, in the stream.
+FLIP_AT = 512 * 1024
 
 
 class FaultTestCase(base.CloudTestCase):
@@ -57,6 +62,24 @@ class FaultTestCase(base.CloudTestCase):
         self.osc('server', 'migrate', '--live-migration', '--host', dest,
                  server_id, api='2.latest', user=user or self.operator,
                  project=self.project, fmt=None)
+
+    def latest(self, server_id):
+        """The server's newest nova migration, once there is one."""
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            found = self.migrations(server_id)
+            if found:
+                return max(found, key=lambda m: m['Id'])
+            time.sleep(1)
+        self.fail('no migration of %s within %d s' % (server_id, WAIT))
+
+    def tunnel_ports(self, cloud):
+        low, high = self.cloud['SECMIG_CLOUD_TUNNEL_PORTS_%s' % cloud.replace(
+            '-', '_')].split('-')
+        return int(low), int(high)
+
+    def cloud_of(self, host):
+        return self.cloud['SECMIG_CLOUD_TRUST_%s' % host.replace('-', '_')]
 
     def migrations(self, server_id):
         return self.osc('server', 'migration', 'list', '--server',
@@ -214,3 +237,72 @@ class AbortTest(FaultTestCase):
         self.assertEqual('aborted', states['source'][0], states)
         self.assertIn(states['destination'][0], ('aborted', 'failed'),
                       states)
+
+
+class ByteFlippedOnTheWireTest(FaultTestCase):
+
+    def test_byte_flipped_on_the_wire(self):
+        # A man in the middle of every connection to cloud-b's tunnel
+        # ports flips one bit 512 KiB into the source-to-destination
+        # stream (TLS records by then: memory is moving).
+        a, b = self.hosts
+        server_id = self.create_server('fault-flip', a)
+        beat = self.wait_heartbeat(server_id)
+        proxy = wire.TransparentProxy(
+            self.tunnel_ports(self.cloud_of(b)), flip_at=FLIP_AT)
+        self.addCleanup(proxy.close)
+        self.start_migration(server_id, b)
+        domain = self.server(server_id)['OS-EXT-SRV-ATTR:instance_name']
+        migration = self.wait_final(server_id, self.latest(server_id)['Id'],
+                                    ('error', 'failed'))
+        self.assertTrue(proxy.flipped, 'no connection reached the offset: '
+                        '%s' % proxy.forwarded)
+        self.assertStayedOn(server_id, a, b, domain, beat)
+        states = self.wait_broker_states(migration['UUID'], {
+            'source': 'failed', 'destination': 'failed'})
+        # The destination detected the flipped bit; the source can only
+        # know that the peer detected tampering or the path was cut.
+        self.assertIn('stream_tampered', states['destination'][1], states)
+        self.assertTrue(any(reason in states['source'][1]
+                            for reason in tunnel_errors.PEER_DETECTED_OR_CUT),
+                        states)
+
+
+class ForceCompletePostCopyTest(FaultTestCase):
+    """``server migration force complete`` with post-copy permitted.
+
+    The cloud's computes run with ``[libvirt]
+    live_migration_permit_post_copy = True``: force-complete switches the
+    running (slowed) migration to post-copy, the guest runs on lab-cmp-b
+    and pulls its remaining pages back through the tunnel.
+    """
+
+    def test_force_complete_switches_to_post_copy(self):
+        a, b = self.hosts
+        server_id = self.create_server('fault-postcopy', a)
+        beat = self.wait_heartbeat(server_id)
+        self.start_migration(server_id, b)
+        domain, migration = self.slow_copy(server_id, a)
+        log = os.path.join(self.cloud['SECMIG_CLOUD_DIR'], 'logs',
+                           'nova-compute-cmp-a.log')
+        offset = os.path.getsize(log)
+        # Forcing completion is an admin's call by default.
+        self.osc('server', 'migration', 'force', 'complete', server_id,
+                 str(migration['Id']), api='2.22', project=self.project,
+                 fmt=None)
+        migration = self.wait_final(server_id, migration['Id'],
+                                    ('completed',))
+        server = self.server(server_id)
+        self.assertEqual(('ACTIVE', b), (server['status'],
+                                         server['OS-EXT-SRV-ATTR:host']))
+        # The same guest, still counting on b.
+        self.wait_heartbeat(server_id, above=beat)
+        self.assertIn(domain, self.virsh(b, 'list', '--name').stdout)
+        self.assertNotIn(domain, self.virsh(a, 'list', '--all',
+                                            '--name').stdout)
+        with open(log) as f:
+            f.seek(offset)
+            self.assertIn('Switching to post-copy migration mode', f.read())
+        states = self.wait_broker_final(migration['UUID'])
+        self.assertEqual({'source': 'completed', 'destination': 'completed'},
+                         {k: v[0] for k, v in states.items()}, states)
