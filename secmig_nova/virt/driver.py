@@ -191,7 +191,7 @@ class _MonitoredGuest:
     nova tells a cancelled migration from a failed one only if a poll
     (every 0.5 s) lands while libvirt still reports the job CANCELLED;
     once the job is gone it finds the guest running here and calls the
-    migration ``error``. Through the tunnel the migrate call returns only
+    migration ``failed``. Through the tunnel the migrate call returns only
     after the tunnel's outcome is collected, so on a busy host the poll
     often misses the window. libvirt's migrate call said "cancelled"
     (``SecureGuest.cancelled``): once that call has returned and the

@@ -136,16 +136,7 @@ class Database:
                                  with_for_update=True)
             if record is None:
                 raise NotFound('no %s migration %s' % (side, migration_id))
-            if new_state not in models.TRANSITIONS.get(record.state, ()):
-                raise InvalidTransition(migration_id, record.state,
-                                        new_state)
-            record.state = new_state
-            record.reason = reason
-            record.updated_at = now
-            record.history = list(record.history) + [
-                {'state': new_state, 'at': now, 'reason': reason}]
-            for name, value in fields.items():
-                setattr(record, name, value)
+            _move(record, new_state, now, reason, fields)
         return self.get_migration(migration_id, side)
 
     def grant(self, migration_id, limits, now, window, reason, **fields):
@@ -204,18 +195,7 @@ class Database:
             if record is None:
                 raise NotFound('no destination migration %s'
                                % migration_id)
-            if models.GRANTED not in models.TRANSITIONS.get(record.state,
-                                                            ()):
-                raise InvalidTransition(migration_id, record.state,
-                                        models.GRANTED)
-            changed = self._clock()
-            record.state = models.GRANTED
-            record.reason = reason
-            record.updated_at = changed
-            record.history = list(record.history) + [
-                {'state': models.GRANTED, 'at': changed, 'reason': reason}]
-            for name, value in fields.items():
-                setattr(record, name, value)
+            _move(record, models.GRANTED, self._clock(), reason, fields)
         return self.get_migration(migration_id, 'destination')
 
     # -- receipts --------------------------------------------------------
@@ -244,6 +224,19 @@ class Database:
                      'signer': r.signer, 'token': r.token,
                      'sha256': r.sha256, 'created_at': r.created_at}
                     for r in session.scalars(query)]
+
+
+def _move(record, new_state, now, reason, fields):
+    """Move a locked record to ``new_state`` if the state machine allows."""
+    if new_state not in models.TRANSITIONS.get(record.state, ()):
+        raise InvalidTransition(record.id, record.state, new_state)
+    record.state = new_state
+    record.reason = reason
+    record.updated_at = now
+    record.history = list(record.history) + [
+        {'state': new_state, 'at': now, 'reason': reason}]
+    for name, value in fields.items():
+        setattr(record, name, value)
 
 
 SQLITE_BUSY_TIMEOUT_MS = 30000
