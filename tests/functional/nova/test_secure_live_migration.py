@@ -277,7 +277,15 @@ class TestSecureLiveMigration(SecmigTestBase):
         records = self.secmig.records(record['uuid'])
         self.assertEqual('failed', records['source']['state'])
 
-    def test_abort_cleans_up_both_tunnels(self):
+    def abort_running_migration(self, on_abort):
+        """Start a live migration, abort it while it runs (DELETE).
+
+        The migrate call blocks until ``on_abort(domain)`` (nova's
+        abortJob) has run, then raises what real libvirt raises once the
+        job is cancelled (the cloud showed it; nova 34 then re-raises it
+        after its monitor rolled back, unless the driver keeps it).
+        :returns: the migration as it was while running.
+        """
         started = threading.Event()
         aborted = threading.Event()
 
@@ -286,9 +294,6 @@ class TestSecureLiveMigration(SecmigTestBase):
             started.set()
             if not aborted.wait(30):
                 raise AssertionError('never aborted')
-            # Real libvirt's migrate call raises once the job is cancelled
-            # (the cloud showed it; nova 34 then re-raises it after its
-            # monitor rolled back, unless the driver keeps it).
             raise fakelibvirt.make_libvirtError(
                 fakelibvirt.libvirtError,
                 "operation aborted: job 'migration out' canceled by client",
@@ -296,10 +301,7 @@ class TestSecureLiveMigration(SecmigTestBase):
                 error_domain=fakelibvirt.VIR_FROM_QEMU)
 
         def abort_job(domain):
-            # libvirt cancels the job; the migrate call then raises. The
-            # source tunnel runs on until the driver stops it.
-            domain._job_type = fakelibvirt.VIR_DOMAIN_JOB_CANCELLED
-            self.secmig.tunnels.keep_running.add('source')
+            on_abort(domain)
             aborted.set()
 
         self.useFixture(fixtures.MonkeyPatch(
@@ -311,8 +313,18 @@ class TestSecureLiveMigration(SecmigTestBase):
         self.assertTrue(started.wait(30))
         [running] = self.api.api_get('/servers/%s/migrations' % self.server[
             'id']).body['migrations']
-        self.assertEqual('running', running['status'])
         self.api.delete_migration(self.server['id'], running['id'])
+        return running
+
+    def test_abort_cleans_up_both_tunnels(self):
+        def cancel(domain):
+            # libvirt cancels the job; the migrate call then raises. The
+            # source tunnel runs on until the driver stops it.
+            domain._job_type = fakelibvirt.VIR_DOMAIN_JOB_CANCELLED
+            self.secmig.tunnels.keep_running.add('source')
+
+        running = self.abort_running_migration(cancel)
+        self.assertEqual('running', running['status'])
         record = self._wait_for_migration_status(self.server, ['cancelled'])
         server = self._wait_for_state_change(self.server, 'ACTIVE')
         self.assertIsNone(server['OS-EXT-STS:task_state'])
@@ -333,42 +345,18 @@ class TestSecureLiveMigration(SecmigTestBase):
             self):
         # On a busy host nova's monitor (a poll every 0.5 s) can miss the
         # moment libvirt reports the job CANCELLED: it then only sees no
-        # job and the guest running here, and upstream calls that an
-        # error (the real cloud's CI did). libvirt's migrate call said
+        # job and the guest running here, and upstream calls that a
+        # failure (the real cloud's CI did). libvirt's migrate call said
         # "canceled by client", so the migration is cancelled.
-        started = threading.Event()
-        aborted = threading.Event()
-
-        def slow_stream(domain, destination, params, flags):
-            self.migrate_calls.append((destination, dict(params), flags))
-            started.set()
-            if not aborted.wait(30):
-                raise AssertionError('never aborted')
-            raise fakelibvirt.make_libvirtError(
-                fakelibvirt.libvirtError,
-                "operation aborted: job 'migration out' canceled by client",
-                error_code=driver.VIR_ERR_OPERATION_ABORTED,
-                error_domain=fakelibvirt.VIR_FROM_QEMU)
-
-        def abort_job(domain):
+        def cancel(domain):
             # The job state stays NONE: the monitor never sees CANCELLED.
             # QEMU closed its socket: the source tunnel fails on its own,
             # as the real one does (local_endpoint_unavailable).
             self.secmig.tunnels.fail['source'] = (
                 'local_endpoint_unavailable',
                 'local QEMU closed its migration socket')
-            aborted.set()
 
-        self.useFixture(fixtures.MonkeyPatch(
-            'nova.tests.fixtures.libvirt.Domain.migrateToURI3', slow_stream))
-        self.useFixture(fixtures.MonkeyPatch(
-            'nova.tests.fixtures.libvirt.Domain.abortJob', abort_job))
-        self.api.post_server_action(self.server['id'], {
-            'os-migrateLive': {'host': 'dest', 'block_migration': 'auto'}})
-        self.assertTrue(started.wait(30))
-        [running] = self.api.api_get('/servers/%s/migrations' % self.server[
-            'id']).body['migrations']
-        self.api.delete_migration(self.server['id'], running['id'])
+        self.abort_running_migration(cancel)
         record = self._wait_for_migration_status(self.server, ['cancelled'])
         server = self._wait_for_state_change(self.server, 'ACTIVE')
         self.assertIsNone(server['OS-EXT-STS:task_state'])
