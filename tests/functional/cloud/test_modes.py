@@ -1,0 +1,112 @@
+"""Enforcement modes with a destination that lacks secmig.
+
+lab-cmp-b's nova-compute is restarted with ``[secmig] enforcement =
+disabled`` (a host "without secmig": no tunnel, no CUSTOM_SECMIG_TUNNEL
+trait), then restored. What doc/source/admin/nova.rst promises, with
+real nova services:
+
+* a server whose flavor says ``secmig:enforcement=preferred`` migrates
+  plainly: the migration completes, the guest keeps running on lab-cmp-b,
+  and no broker heard of it (no ticket, no grant, no receipts);
+* a server of the ``required`` flavor is refused in nova's pre-checks:
+  the migration ends ``error``, the server stays ACTIVE on lab-cmp-a, and
+  no broker heard of it either.
+"""
+
+import configparser
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+from tests.functional.cloud import base
+
+WAIT = 240
+
+
+class ModesTest(base.CloudTestCase):
+
+    def restart_compute(self, host, enforcement):
+        name = host[len('lab-'):]
+        res = subprocess.run(
+            [sys.executable, os.path.join(base.ROOT, 'tools', 'cloud',
+                                          'cloud.py'),
+             'restart-compute', name, '--secmig-enforcement', enforcement],
+            capture_output=True, text=True, timeout=600,
+            env=dict(os.environ, SECMIG_CLOUD_DIR=self.cloud[
+                'SECMIG_CLOUD_DIR']))
+        self.assertEqual(0, res.returncode, res.stdout + res.stderr)
+
+    def enforcement_of(self, host):
+        parser = configparser.RawConfigParser(strict=False)
+        parser.read(os.path.join(self.cloud['SECMIG_CLOUD_DIR'], 'etc',
+                                 'nova-cpu-%s.conf' % host[len('lab-'):]))
+        return parser.get('secmig', 'enforcement', fallback='preferred')
+
+    def flavor(self, mode):
+        name = 'm1.secmig-%s-%s' % (mode, uuid.uuid4().hex[:6])
+        self.osc('flavor', 'create', '--ram', '256', '--disk', '1',
+                 '--vcpus', '1', '--property',
+                 'secmig:enforcement=%s' % mode, name, api='2.86')
+        self.addCleanup(self.osc, 'flavor', 'delete', name, check=False,
+                        fmt=None)
+        return name
+
+    def migrate(self, server_id, dest, wait=True):
+        self.osc('server', 'migrate', '--live-migration', '--host', dest,
+                 *(['--wait'] if wait else []), server_id, api='2.latest',
+                 user=self.operator, project=self.project, fmt=None)
+
+    def final_migration(self, server_id):
+        deadline = time.monotonic() + WAIT
+        migrations = []
+        while time.monotonic() < deadline:
+            migrations = self.osc('server', 'migration', 'list', '--server',
+                                  server_id, api='2.latest',
+                                  project=self.project)
+            if migrations and migrations[0]['Status'] in (
+                    'completed', 'error', 'failed'):
+                server = self.server(server_id)
+                if server['OS-EXT-STS:task_state'] is None:
+                    return max(migrations, key=lambda m: m['Id'])
+            time.sleep(1)
+        self.fail('no final migration of %s within %d s: %s'
+                  % (server_id, WAIT, migrations))
+
+    def brokers_heard_of(self, server_id):
+        return [row for cloud in ('cloud_a', 'cloud_b') for row in self.sql(
+            'secmig_%s' % cloud, "SELECT id, side, state FROM "
+            "secmig_migrations WHERE instance_uuid='%s'" % server_id)]
+
+    def test_destination_without_secmig(self):
+        a, b = self.hosts
+        before = self.enforcement_of(b)
+        self.restart_compute(b, 'disabled')
+        self.addCleanup(self.restart_compute, b, before)
+        preferred = self.create_server('mode-preferred', a,
+                                       flavor=self.flavor('preferred'))
+        required = self.create_server('mode-required', a)
+        beat = self.wait_heartbeat(preferred)
+
+        # preferred: plain, and it works.
+        self.migrate(preferred, b)
+        migration = self.final_migration(preferred)
+        self.assertEqual('completed', migration['Status'], migration)
+        server = self.server(preferred)
+        self.assertEqual(('ACTIVE', b), (server['status'],
+                                         server['OS-EXT-SRV-ATTR:host']))
+        self.wait_heartbeat(preferred, above=beat)
+        self.assertEqual([], self.brokers_heard_of(preferred))
+
+        # required: refused before anything starts.
+        self.migrate(required, b, wait=False)
+        migration = self.final_migration(required)
+        self.assertEqual('error', migration['Status'], migration)
+        server = self.server(required)
+        self.assertEqual(('ACTIVE', a), (server['status'],
+                                         server['OS-EXT-SRV-ATTR:host']))
+        self.assertEqual([], self.brokers_heard_of(required))
+        with open(os.path.join(self.cloud['SECMIG_CLOUD_DIR'], 'logs',
+                               'nova-conductor.log')) as f:
+            self.assertIn('does not offer secure live migration', f.read())
