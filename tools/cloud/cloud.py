@@ -235,6 +235,8 @@ def wait_for(name, check, proc=None, timeout=TIMEOUT, log=None,
         try:
             if check():
                 return
+        except CloudError:
+            raise
         except Exception:  # noqa: not ready yet
             pass
         if time.monotonic() > deadline:
@@ -895,11 +897,23 @@ print(json.dumps({'project_id': proj[a['project']], 'users': users}))
                  log=log_path(binary), fatal=' ERROR nova ')
 
     def compute_node(self, host):
+        """Whether ``host`` registered its compute node, named as itself.
+
+        nova names the node after libvirt's hostname, which libvirt
+        canonicalises through the host's /etc/hosts; a node of another
+        name would collide in placement with that host's.
+        """
         out = output(['mariadb', '--no-defaults', '--socket=%s'
                       % path('data', 'mysql.sock'), '-u', 'root', '-N', '-e',
-                      "SELECT uuid FROM compute_nodes WHERE host='%s' AND "
-                      "deleted=0" % host, 'nova'])
-        return bool(out.strip())
+                      "SELECT hypervisor_hostname FROM compute_nodes WHERE "
+                      "host='%s' AND deleted=0" % host, 'nova'])
+        nodes = out.split()
+        if nodes and nodes != [host]:
+            raise CloudError('nova-compute on %s registered the node(s) %s, '
+                             'not %s: check that host\'s /etc/hosts (%s)'
+                             % (host, ', '.join(nodes), host,
+                                path('lab', 'etc-hosts')))
+        return bool(nodes)
 
     def service_up(self, binary, host=None, since=None):
         """Whether nova has a recent heartbeat of ``binary`` (on ``host``).

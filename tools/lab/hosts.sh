@@ -78,6 +78,24 @@ EOF
 }
 
 host_dir() { echo "$HOSTS_DIR/$1"; }
+
+# The lab's /etc/hosts, bind-mounted over /etc/hosts in every lab host:
+# this machine's own entries plus "127.0.0.1 lab-<name>" for each host, one
+# line per host (the first name of a line is the canonical name libvirt
+# reports as its hostname, which nova takes as the node name).
+# Rewritten in place (same inode) so running hosts see new names.
+HOSTS_FILE=$LAB_DIR/etc-hosts
+write_hosts_file() {
+    local h
+    {
+        grep -v '# secmig-lab$' /etc/hosts 2>/dev/null || true
+        for h in $( (all_hosts; printf '%s\n' "$@") | sort -u); do
+            printf '127.0.0.1 lab-%s # secmig-lab\n' "$h"
+        done
+    } > "$HOSTS_FILE.new"
+    cat "$HOSTS_FILE.new" > "$HOSTS_FILE"
+    rm -f "$HOSTS_FILE.new"
+}
 sock_path() { echo "$(host_dir "$1")/run/libvirt/libvirt-sock"; }
 uri() { echo "qemu+unix:///system?socket=$(sock_path "$1")"; }
 
@@ -109,6 +127,9 @@ inner() {
     mkdir -p /run/libvirt "$SOCKET_DIR" /var/lib/libvirt/qemu \
         /var/log/libvirt/qemu /var/cache/libvirt/qemu
     hostname "lab-$name"
+    # Every lab host's name resolves to loopback inside every lab host (a
+    # plain libvirt migration hands QEMU the destination's hostname).
+    mount --bind "$HOSTS_FILE" /etc/hosts
     virtlogd -d
     libvirtd -d
     echo $$ > "$d/holder.pid.tmp"
@@ -128,6 +149,7 @@ start_one() {
     stop_one "$name" >/dev/null 2>&1 || true
     mkdir -p "$d"
     for pair in $PRIVATE_DIRS; do mkdir -p "$d/${pair%%:*}"; done
+    write_hosts_file "$name"
     rm -rf "${d:?}/run/"* "$d/holder.pid" "$d/holder.ns"
     for pair in $PRIVATE_DIRS; do mkdir -p "${pair#*:}"; done
     [ -s "$d/host_uuid" ] || cat /proc/sys/kernel/random/uuid > "$d/host_uuid"

@@ -8,9 +8,14 @@ real nova services:
 * a server whose flavor says ``secmig:enforcement=preferred`` migrates
   plainly: the migration completes, the guest keeps running on lab-cmp-b,
   and no broker heard of it (no ticket, no grant, no receipts);
-* a server of the ``required`` flavor is refused in nova's pre-checks:
-  the migration ends ``error``, the server stays ACTIVE on lab-cmp-a, and
-  no broker heard of it either.
+* a server of the ``required`` flavor is refused in nova's pre-checks.
+  ``openstack server migrate --live-migration --host`` sends microversion
+  2.30, where nova-api waits for the conductor: the command itself fails
+  with nova's HTTP 400 "No valid host was found" (the conductor drops the
+  refusing host and none is left), the migration ends ``error``, the
+  server's event ``compute_check_can_live_migrate_destination`` carries
+  secmig's reason, the server stays ACTIVE on lab-cmp-a with its guest
+  running, and no broker heard of it either.
 """
 
 import configparser
@@ -53,9 +58,9 @@ class ModesTest(base.CloudTestCase):
                         fmt=None)
         return name
 
-    def migrate(self, server_id, dest, wait=True):
+    def migrate(self, server_id, dest):
         self.osc('server', 'migrate', '--live-migration', '--host', dest,
-                 *(['--wait'] if wait else []), server_id, api='2.latest',
+                 '--wait', server_id, api='2.latest',
                  user=self.operator, project=self.project, fmt=None)
 
     def final_migration(self, server_id):
@@ -100,13 +105,31 @@ class ModesTest(base.CloudTestCase):
         self.assertEqual([], self.brokers_heard_of(preferred))
 
         # required: refused before anything starts.
-        self.migrate(required, b, wait=False)
+        beat = self.wait_heartbeat(required)
+        res = self.osc('server', 'migrate', '--live-migration', '--host', b,
+                       required, api='2.latest', user=self.operator,
+                       project=self.project, fmt=None, check=False)
+        self.assertEqual(1, res.returncode, res.stdout)
+        self.assertIn('No valid host was found', res.stderr)
         migration = self.final_migration(required)
         self.assertEqual('error', migration['Status'], migration)
         server = self.server(required)
         self.assertEqual(('ACTIVE', a), (server['status'],
                                          server['OS-EXT-SRV-ATTR:host']))
+        self.wait_heartbeat(required, above=beat)
         self.assertEqual([], self.brokers_heard_of(required))
-        with open(os.path.join(self.cloud['SECMIG_CLOUD_DIR'], 'logs',
-                               'nova-conductor.log')) as f:
-            self.assertIn('does not offer secure live migration', f.read())
+        self.assertIn('lab-cmp-b does not offer secure live migration',
+                      self.precheck_refusal(required))
+
+    def precheck_refusal(self, server_id):
+        """The details of the destination's failed pre-check event."""
+        actions = self.osc('server', 'event', 'list', server_id,
+                           api='2.84')
+        request = [a['Request ID'] for a in actions
+                   if a['Action'] == 'live-migration'][0]
+        action = self.osc('server', 'event', 'show', server_id, request,
+                          api='2.84')
+        events = {e['event']: e for e in action['events']}
+        check = events['compute_check_can_live_migrate_destination']
+        self.assertEqual('Error', check['result'], check)
+        return check['details']
