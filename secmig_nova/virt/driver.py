@@ -659,6 +659,15 @@ class SecureLibvirtDriver(libvirt_driver.LibvirtDriver):
             decision = enforcement.Decision(False, enforcement.REQUIRED,
                                             refusal=e.kwargs.get('reason'))
         if not decision.secure and not decision.refused:
+            if decision.lacking:
+                # A security reviewer reads the logs for this one.
+                LOG.warning('Live migration to %s is NOT encrypted: secmig '
+                            'enforcement is "%s" for this server and %s '
+                            '%s not offer secure live migration; libvirt '
+                            'migrates plainly', dest, decision.mode,
+                            ' and '.join(decision.lacking),
+                            'does' if len(decision.lacking) == 1 else 'do',
+                            instance=instance)
             return super()._live_migration_operation(
                 context, instance, dest, block_migration, migrate_data,
                 guest, device_names)

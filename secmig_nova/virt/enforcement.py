@@ -65,6 +65,8 @@ class Decision:
     secure: bool
     mode: str
     refusal: str = None
+    #: the host(s) that lack secmig, when one does
+    lacking: tuple = ()
 
     @property
     def refused(self):
@@ -85,12 +87,12 @@ def decide(mode, source_offers, destination_offers, source='the source host',
         return Decision(False, mode)
     if source_offers and destination_offers:
         return Decision(True, mode)
+    missing = tuple(name for name, offers in (
+        (source, source_offers), (destination, destination_offers))
+        if not offers)
     if mode == PREFERRED:
-        return Decision(False, mode)
-    missing = [name for name, offers in ((source, source_offers),
-                                         (destination, destination_offers))
-               if not offers]
-    return Decision(False, mode, refusal=(
+        return Decision(False, mode, lacking=missing)
+    return Decision(False, mode, lacking=missing, refusal=(
         'secmig enforcement is "required" for this server, but %s %s not '
         'offer secure live migration (run compute_driver = '
         'secmig.SecureLibvirtDriver with [secmig] enforcement = preferred or '

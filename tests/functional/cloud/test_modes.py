@@ -103,6 +103,14 @@ class ModesTest(base.CloudTestCase):
                                          server['OS-EXT-SRV-ATTR:host']))
         self.wait_heartbeat(preferred, above=beat)
         self.assertEqual([], self.brokers_heard_of(preferred))
+        # ...and the source says so, for the security reviewer.
+        with open(os.path.join(self.cloud['SECMIG_CLOUD_DIR'], 'logs',
+                               'nova-compute-%s.log' % a[len('lab-'):])) as f:
+            warned = [line for line in f if 'is NOT encrypted' in line
+                      and preferred in line]
+        self.assertEqual(1, len(warned), warned)
+        self.assertIn('lab-cmp-b does not offer secure live migration',
+                      warned[0])
 
         # required: refused before anything starts.
         beat = self.wait_heartbeat(required)

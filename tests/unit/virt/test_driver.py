@@ -8,8 +8,10 @@ inside nova's own functional framework.
 """
 
 import inspect
+import logging
 from unittest import mock
 
+import fixtures
 import libvirt
 from nova.compute import provider_tree
 from nova import exception
@@ -702,10 +704,11 @@ class SourceTestCase(DriverTestCase):
         self.events = self.reporter.start()
         self.addCleanup(self.reporter.stop)
 
-    def operation(self, guest=None, block=False, device_names=()):
+    def operation(self, guest=None, block=False, device_names=(),
+                  instance=None):
         guest = guest or FakeGuest()
         self.driver._live_migration_operation(
-            self.context, Instance(), 'host-b', block,
+            self.context, instance or Instance(), 'host-b', block,
             self.migrate_data(block=block), guest, list(device_names))
         return guest
 
@@ -778,10 +781,25 @@ class TestSource(SourceTestCase):
     def test_preferred_and_insecure_destination_is_plain(self):
         self.flags(enforcement='preferred', group='secmig')
         self.offers['destination'] = False
+        log = self.useFixture(fixtures.FakeLogger(
+            name='secmig_nova.virt.driver', level=logging.WARNING))
         guest = self.operation()
         self.secmig.start_source.assert_not_called()
         self.assertIs(guest, self.super_op.call_args[0][6])
         self.events.assert_not_called()
+        self.assertIn('is NOT encrypted: secmig enforcement is "preferred" '
+                      'for this server and', log.output)
+        self.assertIn('does not offer secure live migration', log.output)
+
+    def test_flavor_disabled_is_plain_without_warning(self):
+        self.flags(enforcement='preferred', group='secmig')
+        self.offers['destination'] = False
+        log = self.useFixture(fixtures.FakeLogger(
+            name='secmig_nova.virt.driver', level=logging.WARNING))
+        guest = self.operation(instance=Instance(enforcement.DISABLED))
+        self.secmig.start_source.assert_not_called()
+        self.assertIs(guest, self.super_op.call_args[0][6])
+        self.assertNotIn('NOT encrypted', log.output)
 
     def test_tunnel_failure_is_not_raised_into_nova(self):
         guest = FakeGuest(job=libvirt.VIR_DOMAIN_JOB_NONE)

@@ -52,9 +52,15 @@ class TestDecide(testtools.TestCase):
 
     def test_preferred_falls_back(self):
         for src, dst in ((True, False), (False, True), (True, None)):
-            d = enf.decide(enf.PREFERRED, src, dst)
+            d = enf.decide(enf.PREFERRED, src, dst, source='a',
+                           destination='b')
             self.assertFalse(d.secure)
             self.assertFalse(d.refused)
+            self.assertEqual(('a',) if not src else ('b',), d.lacking)
+
+    def test_secure_and_disabled_lack_nothing(self):
+        self.assertEqual((), enf.decide(enf.PREFERRED, True, True).lacking)
+        self.assertEqual((), enf.decide(enf.DISABLED, False, False).lacking)
 
     def test_required_refuses_and_names_the_host(self):
         d = enf.decide(enf.REQUIRED, True, False, source='a', destination='b')
