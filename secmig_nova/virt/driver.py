@@ -447,6 +447,26 @@ class SecureLibvirtDriver(libvirt_driver.LibvirtDriver):
             return None
         return self._secmig_providers_offer(context, list(allocations))
 
+    def _secmig_destination_name(self, context, instance):
+        """The destination's host name, for messages; never raises.
+
+        nova does not tell the source where a server is going before
+        ``pre_live_migration``; the compute node among its allocations'
+        providers does.
+        """
+        try:
+            allocations = report.report_client_singleton() \
+                .get_allocations_for_consumer(context, instance.uuid)
+            for rp_uuid in allocations or ():
+                try:
+                    return objects.ComputeNode.get_by_uuid(
+                        context, rp_uuid).host
+                except exception.ComputeHostNotFound:
+                    continue  # a sharing or nested provider
+        except Exception as e:  # noqa: only a name for a message
+            LOG.debug('Destination of %s not found: %s', instance.uuid, e)
+        return 'the destination host'
+
     def _secmig_source_offers(self, context, instance):
         try:
             node = objects.ComputeNode.get_by_host_and_nodename(
@@ -494,7 +514,8 @@ class SecureLibvirtDriver(libvirt_driver.LibvirtDriver):
             decision = self._secmig_decide(
                 context, instance, self._secmig is not None,
                 self._secmig_destination_offers(context, instance),
-                self._secmig_host, 'the destination host')
+                self._secmig_host,
+                self._secmig_destination_name(context, instance))
             if decision.refused:
                 raise exception.MigrationPreCheckError(
                     reason=decision.refusal)

@@ -62,6 +62,7 @@ HOSTS = {'cmp-a': 'cloud-a', 'cmp-b': 'cloud-b'}
 TUNNEL_PORTS = {'cloud-a': (49700, 49749), 'cloud-b': (49750, 49799)}
 # What a host that offers the tunnel reports in placement.
 SECMIG_TRAIT = 'CUSTOM_SECMIG_TUNNEL'
+SECURE_DRIVER = 'secmig.SecureLibvirtDriver'
 # The image's kernel command line: the guest keeps 4 MiB of lines of it in
 # memory (tools/lab/guest.sh), what a wire tap must never see.
 MARKER = 'SECMIG-CLOUD-MARKER-5b0e'
@@ -1071,13 +1072,14 @@ print(json.dumps({'project_id': proj[a['project']], 'users': users}))
 
     # -- restart-compute ------------------------------------------------------
 
-    def restart_compute(self, name, enforcement=None):
+    def restart_compute(self, name, enforcement=None, driver=None):
         """Restart one host's nova-compute, optionally in another mode.
 
-        ``enforcement`` rewrites that host's ``[secmig] enforcement`` first
-        (the tests make a host "without secmig" with ``disabled``). Waits
-        until nova sees the service up again, as ``up`` does, and until
-        placement shows the trait the new mode offers (or not).
+        ``enforcement`` rewrites that host's ``[secmig] enforcement`` first,
+        ``driver`` its ``[DEFAULT] compute_driver`` (the tests make a host
+        "without secmig" with ``disabled`` or ``libvirt.LibvirtDriver``).
+        Waits until nova sees the service up again, as ``up`` does, and
+        until placement shows the trait the host now offers (or not).
         """
         if name not in HOSTS:
             raise CloudError('no host %r (hosts: %s)'
@@ -1085,14 +1087,17 @@ print(json.dumps({'project_id': proj[a['project']], 'users': users}))
         if recorded('nova-compute-%s' % name) is None:
             raise CloudError('nova-compute-%s is not running: is the cloud '
                              'up? (tools/cloud/cloud.sh status)' % name)
+        conf = path('etc', 'nova-cpu-%s.conf' % name)
+        parser = configparser.RawConfigParser(strict=False)
+        parser.optionxform = str
+        parser.read(conf)
+        if not parser.has_section('secmig'):
+            parser.add_section('secmig')
         if enforcement is not None:
-            conf = path('etc', 'nova-cpu-%s.conf' % name)
-            parser = configparser.RawConfigParser(strict=False)
-            parser.optionxform = str
-            parser.read(conf)
-            if not parser.has_section('secmig'):
-                parser.add_section('secmig')
             parser.set('secmig', 'enforcement', enforcement)
+        if driver is not None:
+            parser.set('DEFAULT', 'compute_driver', driver)
+        if enforcement is not None or driver is not None:
             with open(conf, 'w') as f:
                 parser.write(f)
         t0 = time.monotonic()
@@ -1102,10 +1107,13 @@ print(json.dumps({'project_id': proj[a['project']], 'users': users}))
                         % path('data', 'mysql.sock'), '-u', 'root', '-N',
                         '-e', 'SELECT UTC_TIMESTAMP()', 'nova']).strip()
         self.compute(name, since=since)
-        if enforcement is not None:
+        if enforcement is not None or driver is not None:
             # The other host decides from placement: wait until the node's
-            # trait says what the new mode offers.
-            offers = enforcement != 'disabled'
+            # trait says what the host now offers.
+            offers = (parser.get('DEFAULT', 'compute_driver',
+                                 fallback='') == SECURE_DRIVER and
+                      parser.get('secmig', 'enforcement',
+                                 fallback='required') != 'disabled')
             rp = self.osc('resource', 'provider', 'list', '--name',
                           'lab-%s' % name, '-f', 'value', '-c',
                           'uuid').strip()
@@ -1115,9 +1123,13 @@ print(json.dumps({'project_id': proj[a['project']], 'users': users}))
                          'provider', 'trait', 'list', rp, '-f', 'value',
                          '-c', 'name').split()) == offers,
                      log=log_path('nova-compute-%s' % name))
+        changed = ', '.join(
+            '%s = %s' % (key, value) for key, value in (
+                ('compute_driver', driver), ('enforcement', enforcement))
+            if value)
         say('nova-compute-%s restarted%s in %.1f s'
-            % (name, ' (enforcement = %s)' % enforcement if enforcement
-               else '', time.monotonic() - t0))
+            % (name, ' (%s)' % changed if changed else '',
+               time.monotonic() - t0))
 
     # -- status -------------------------------------------------------------
 
@@ -1150,6 +1162,10 @@ def main():
     parser.add_argument('host', nargs='?',
                         help='restart-compute: the lab host (%s)'
                         % ', '.join(HOSTS))
+    parser.add_argument('--compute-driver',
+                        help='restart-compute: set [DEFAULT] compute_driver '
+                        'in the host\'s nova-cpu conf first (e.g. '
+                        'libvirt.LibvirtDriver, %s)' % SECURE_DRIVER)
     parser.add_argument('--secmig-enforcement',
                         choices=('disabled', 'preferred', 'required'),
                         help='restart-compute: set [secmig] enforcement '
@@ -1167,7 +1183,8 @@ def main():
         elif args.command == 'down':
             cloud.down()
         elif args.command == 'restart-compute':
-            cloud.restart_compute(args.host, args.secmig_enforcement)
+            cloud.restart_compute(args.host, args.secmig_enforcement,
+                                  args.compute_driver)
         else:
             return cloud.status()
     except (CloudError, OSError, subprocess.SubprocessError) as e:

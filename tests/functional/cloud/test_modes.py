@@ -1,8 +1,11 @@
 """Enforcement modes with a destination that lacks secmig.
 
-lab-cmp-b's nova-compute is restarted with ``[secmig] enforcement =
-disabled`` (a host "without secmig": no tunnel, no CUSTOM_SECMIG_TUNNEL
-trait), then restored. What doc/source/admin/nova.rst promises, with
+lab-cmp-b's nova-compute is restarted as a host "without secmig" (no
+tunnel, no CUSTOM_SECMIG_TUNNEL trait), then restored, in the two ways
+the admin guide names: ``SecureLibvirtDriver`` with ``[secmig]
+enforcement = disabled``, and nova's own ``libvirt.LibvirtDriver`` (taken
+off secmig the way the guide says: ``disabled`` first, which removes the
+traits, then the driver). What doc/source/admin/nova.rst promises, with
 real nova services:
 
 * a server whose flavor says ``secmig:enforcement=preferred`` migrates
@@ -13,9 +16,10 @@ real nova services:
   2.30, where nova-api waits for the conductor: the command itself fails
   with nova's HTTP 400 "No valid host was found" (the conductor drops the
   refusing host and none is left), the migration ends ``error``, the
-  server's event ``compute_check_can_live_migrate_destination`` carries
-  secmig's reason, the server stays ACTIVE on lab-cmp-a with its guest
-  running, and no broker heard of it either.
+  server's event ``compute_check_can_live_migrate_destination`` (or
+  ``..._source``, when the destination runs nova's driver, which checks
+  nothing) carries secmig's reason, the server stays ACTIVE on lab-cmp-a
+  with its guest running, and no broker heard of it either.
 """
 
 import configparser
@@ -32,22 +36,26 @@ WAIT = 240
 
 class ModesTest(base.CloudTestCase):
 
-    def restart_compute(self, host, enforcement):
+    def restart_compute(self, host, enforcement=None, driver=None):
         name = host[len('lab-'):]
         res = subprocess.run(
             [sys.executable, os.path.join(base.ROOT, 'tools', 'cloud',
                                           'cloud.py'),
-             'restart-compute', name, '--secmig-enforcement', enforcement],
+             'restart-compute', name] +
+            (['--secmig-enforcement', enforcement] if enforcement else []) +
+            (['--compute-driver', driver] if driver else []),
             capture_output=True, text=True, timeout=600,
             env=dict(os.environ, SECMIG_CLOUD_DIR=self.cloud[
                 'SECMIG_CLOUD_DIR']))
         self.assertEqual(0, res.returncode, res.stdout + res.stderr)
 
-    def enforcement_of(self, host):
+    def conf_of(self, host):
+        """(compute_driver, [secmig] enforcement) of ``host``."""
         parser = configparser.RawConfigParser(strict=False)
         parser.read(os.path.join(self.cloud['SECMIG_CLOUD_DIR'], 'etc',
                                  'nova-cpu-%s.conf' % host[len('lab-'):]))
-        return parser.get('secmig', 'enforcement', fallback='preferred')
+        return (parser.get('DEFAULT', 'compute_driver'),
+                parser.get('secmig', 'enforcement', fallback='required'))
 
     def flavor(self, mode):
         name = 'm1.secmig-%s-%s' % (mode, uuid.uuid4().hex[:6])
@@ -84,11 +92,23 @@ class ModesTest(base.CloudTestCase):
             'secmig_%s' % cloud, "SELECT id, side, state FROM "
             "secmig_migrations WHERE instance_uuid='%s'" % server_id)]
 
-    def test_destination_without_secmig(self):
+    def test_destination_in_disabled_mode(self):
         a, b = self.hosts
-        before = self.enforcement_of(b)
+        driver, enforcement = self.conf_of(b)
         self.restart_compute(b, 'disabled')
-        self.addCleanup(self.restart_compute, b, before)
+        self.addCleanup(self.restart_compute, b, enforcement)
+        self.check_modes(a, b, 'compute_check_can_live_migrate_destination')
+
+    def test_destination_on_nova_libvirt_driver(self):
+        a, b = self.hosts
+        driver, enforcement = self.conf_of(b)
+        self.restart_compute(b, 'disabled')
+        self.addCleanup(self.restart_compute, b, enforcement, driver)
+        self.restart_compute(b, driver='libvirt.LibvirtDriver')
+        self.check_modes(a, b, 'compute_check_can_live_migrate_source')
+
+    def check_modes(self, a, b, refusing_check):
+        """preferred goes plainly from a to b, required is refused."""
         preferred = self.create_server('mode-preferred', a,
                                        flavor=self.flavor('preferred'))
         required = self.create_server('mode-required', a)
@@ -109,7 +129,7 @@ class ModesTest(base.CloudTestCase):
             warned = [line for line in f if 'is NOT encrypted' in line
                       and preferred in line]
         self.assertEqual(1, len(warned), warned)
-        self.assertIn('lab-cmp-b does not offer secure live migration',
+        self.assertIn('%s does not offer secure live migration' % b,
                       warned[0])
 
         # required: refused before anything starts.
@@ -126,11 +146,11 @@ class ModesTest(base.CloudTestCase):
                                          server['OS-EXT-SRV-ATTR:host']))
         self.wait_heartbeat(required, above=beat)
         self.assertEqual([], self.brokers_heard_of(required))
-        self.assertIn('lab-cmp-b does not offer secure live migration',
-                      self.precheck_refusal(required))
+        self.assertIn('%s does not offer secure live migration' % b,
+                      self.precheck_refusal(required, refusing_check))
 
-    def precheck_refusal(self, server_id):
-        """The details of the destination's failed pre-check event."""
+    def precheck_refusal(self, server_id, check_event):
+        """The details of the failed pre-check event ``check_event``."""
         actions = self.osc('server', 'event', 'list', server_id,
                            api='2.84')
         request = [a['Request ID'] for a in actions
@@ -138,6 +158,6 @@ class ModesTest(base.CloudTestCase):
         action = self.osc('server', 'event', 'show', server_id, request,
                           api='2.84')
         events = {e['event']: e for e in action['events']}
-        check = events['compute_check_can_live_migrate_destination']
+        check = events[check_event]
         self.assertEqual('Error', check['result'], check)
         return check['details']

@@ -434,6 +434,24 @@ class TestChecks(DriverTestCase):
         self.assertIn('the destination host does not offer', str(e))
         self.super_src.assert_not_called()
 
+    def test_source_refusal_names_the_destination(self):
+        self.offers['destination'] = False
+        reports = self.useFixture(fixtures.MockPatchObject(
+            report, 'report_client_singleton')).mock
+        reports.return_value.get_allocations_for_consumer.return_value = {
+            'rp-shared': {}, 'rp-dst': {}}
+        nodes = {'rp-dst': mock.Mock(host='host-b')}
+
+        def get_by_uuid(context, uuid):
+            if uuid not in nodes:
+                raise exception.ComputeHostNotFound(host=uuid)
+            return nodes[uuid]
+        self.useFixture(fixtures.MockPatchObject(
+            objects.ComputeNode, 'get_by_uuid', side_effect=get_by_uuid))
+        e = self.assertRaises(exception.MigrationPreCheckError,
+                              self.check_src, Instance(enforcement.REQUIRED))
+        self.assertIn('but host-b does not offer', str(e))
+
     def test_unknown_destination_counts_as_insecure(self):
         self.offers['destination'] = None
         self.assertRaises(exception.MigrationPreCheckError, self.check_src,
