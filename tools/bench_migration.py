@@ -13,7 +13,13 @@ machine hits them alike):
 * ``tls``: the same with QEMU's native TLS (``VIR_MIGRATE_TLS``; x509
   credentials from the lab's own CA in each host's
   ``/etc/libvirt/migrate-tls``, ``migrate_tls_x509_cert_dir``);
-* ``secure``: through a source and a destination ``secmig-tunnel``.
+* ``secure``: through a source and a destination ``secmig-tunnel``, each
+  handed to the host's spare tunnel process, started and loaded ahead (the
+  driver's default, ``[secmig] tunnel_spare``; the benchmark waits until
+  the spares have loaded before timing, as they have long before the next
+  migration on a compute host);
+* ``secure-cold`` (not run by default; ``--kinds ...,secure-cold``): the
+  same with a fresh process per tunnel, started when the migration begins.
 
 Per migration: ``time`` is the wall time of libvirt's migrateToURI3 (what
 the compute manager waits for), ``downtime`` libvirt's completed-job
@@ -48,7 +54,8 @@ if REPO not in sys.path:
 
 from tools.lab import lab as lab_mod  # noqa: E402
 
-KINDS = ('plain', 'tls', 'secure')
+KINDS = ('plain', 'tls', 'secure', 'secure-cold')
+DEFAULT_KINDS = ('plain', 'tls', 'secure')
 MODES = {'normal': 0, 'hard': lab_mod.HARD_HOG_MIB}
 TARGETS = {('secure', 'plain'): 1.10, ('secure', 'tls'): 1.00}
 HOG_RE = re.compile(rb'SECMIG-HOG-PASS (\d+)')
@@ -56,21 +63,27 @@ MIB = 1 << 20
 
 
 def migrate(the_lab, kind, src, dst, name, parallel=0):
-    if kind == 'secure':
+    if kind.startswith('secure'):
+        the_lab.tunnel_spares = kind == 'secure'
+        if the_lab.tunnel_spares:
+            the_lab.wait_spares()
         return the_lab.migrate_secure(src, dst, name, parallel=parallel)
     return the_lab.migrate_plain(src, dst, name, tls=(kind == 'tls'),
                                  parallel=parallel)
 
 
-def sample(result):
+def sample(result, kind):
     job = result.job
-    row = {'kind': result.kind, 'src': result.src.name,
+    row = {'kind': kind, 'src': result.src.name,
            'dst': result.dst.name, 'time_s': round(result.seconds, 4),
            'downtime_ms': job.get('downtime'),
            'bytes': job.get('memory_processed', job.get('data_processed')),
            'job_ms': job.get('time_elapsed')}
     if result.kind == 'secure':
         row['setup_s'] = round(result.setup_seconds, 4)
+        # Whether each side's process was a spare loaded ahead.
+        row['spare'] = {side: proc.spare is not None
+                        for side, proc in result.procs.items()}
         row['wire_bytes'] = result.bytes
         cpu = 0.0
         for side, (rc, outcome) in result.tunnels.items():
@@ -119,7 +132,7 @@ def run_mode(the_lab, mode, rounds, kinds, out, parallel=0):
         before = the_lab.heartbeats(where, name)[-1]
         mark = len(the_lab.serial(other, name))
         result = migrate(the_lab, kind, where, other, name, parallel)
-        row = sample(result)
+        row = sample(result, kind)
         # The guest lives on: a heartbeat after the last one on the source.
         row['heartbeat'] = [before, the_lab.wait_heartbeat(
             other, name, above=before, timeout=30, since=mark)]
@@ -150,7 +163,7 @@ def report(mode, rows, rate, kinds, rounds):
                  'median %.2f, max %.2f' % (min(loads),
                                             statistics.median(loads),
                                             max(loads)))
-    lines.append('%-7s %3s %10s %12s %11s %10s %9s %10s' % (
+    lines.append('%-11s %3s %10s %12s %11s %10s %9s %10s' % (
         'kind', 'n', 'time s', 'downtime ms', 'bytes MiB', 'job ms',
         'setup s', 'tun cpu s'))
     med = {}
@@ -160,7 +173,7 @@ def report(mode, rows, rate, kinds, rounds):
                       'tunnel_cpu_s')}
         m = med[kind]
         n = sum(1 for r in rows if r['kind'] == kind)
-        lines.append('%-7s %3d %10.3f %12.0f %11.1f %10.0f %9s %10s' % (
+        lines.append('%-11s %3d %10.3f %12.0f %11.1f %10.0f %9s %10s' % (
             kind, n, m['time_s'], m['downtime_ms'], m['bytes'] / MIB,
             m['job_ms'], '-' if m['setup_s'] is None
             else '%.3f' % m['setup_s'], '-' if m['tunnel_cpu_s'] is None
@@ -181,6 +194,15 @@ def report(mode, rows, rate, kinds, rounds):
                     ' target <= %.2f' % target
             lines.append('  %s/%s %-8s = %.3f  %s'
                          % (num, den, label, ratio, verdict))
+    if 'secure' in med and 'secure-cold' in med:
+        for key, label in (('setup_s', 'setup'), ('time_s', 'time'),
+                           ('tunnel_cpu_s', 'tunnel cpu')):
+            if med['secure-cold'][key]:
+                ratio = med['secure'][key] / med['secure-cold'][key]
+                ratios['secure/secure-cold %s' % label] = ratio
+                lines.append('  secure/secure-cold %-10s = %.3f (spare '
+                             'tunnels vs a fresh process per tunnel)'
+                             % (label, ratio))
     return '\n'.join(lines), med, ratios
 
 
@@ -189,7 +211,8 @@ def main(argv=None):
     parser.add_argument('--rounds', type=int, default=5,
                         help='timed migrations per kind and mode (>= 5)')
     parser.add_argument('--modes', default='normal,hard')
-    parser.add_argument('--kinds', default=','.join(KINDS))
+    parser.add_argument('--kinds', default=','.join(DEFAULT_KINDS),
+                        help='of %s' % ', '.join(KINDS))
     parser.add_argument('--json', help='write all samples and medians here')
     parser.add_argument('--parallel', type=int, default=0,
                         help='QEMU multifd channels for every kind (0: one '

@@ -14,6 +14,15 @@ authorization, as rate-limited as their log lines (a reader ignores events
 it does not know). Logs go to standard error through oslo.log.
 Exit status: 0 completed, 1 refused/failed/aborted, 2 bad parameters.
 
+``--spare`` starts a tunnel before its migration is known: it pins OpenSSL
+to the default suite and group, loads everything and sets up logging,
+prints ``{"event": "spare"}``, and only then reads the parameters (a
+caller that keeps one spare per host takes the interpreter start off the
+migration's path; each process still serves one migration). Parameters
+asking for another suite or group are refused (the caller starts a fresh
+tunnel for those). A spare whose standard input closes with nothing on it
+was never used and exits quietly with status 0.
+
 Parameters that cannot be used (unreadable, not strict UTF-8, not JSON, not
 an object, a wrong type or value, an insecure ``key_file`` or
 ``socket_mode``) end the process with one ``outcome`` line (``refused``
@@ -127,7 +136,12 @@ def main(argv=None):
     parser.add_argument('--config-file', action='append', default=[],
                         help='oslo.config file (logging options)')
     parser.add_argument('--debug', action='store_true')
+    parser.add_argument('--spare', action='store_true',
+                        help='load everything first, then read the '
+                        'parameters (default TLS suite and group only)')
     args = parser.parse_args(argv)
+    if args.spare:
+        return _run_spare(args)
 
     # Until the run starts, every failure ends in an outcome line and an
     # exit status, never in a traceback: unreadable or malformed
@@ -177,7 +191,41 @@ def _refuse(log, error, status='refused', code=EXIT_USAGE):
     return code
 
 
-def _run(raw, args, unreadable=None, unpinned=None):
+def _run_spare(args):
+    from secmig_nova.tunnel import tls_conf
+    defaults = {'tls_cipher': tls_conf.DEFAULT_CIPHER,
+                'ecdh_curve': tls_conf.DEFAULT_CURVE}
+    unpinned = None
+    try:
+        _pin_openssl(defaults)
+    except Exception as e:
+        unpinned = e
+
+    def read():
+        raw = unreadable = None
+        try:
+            if args.params == '-':
+                data = getattr(sys.stdin, 'buffer', sys.stdin).read()
+                if not data:
+                    return None, None       # never used
+                raw = json.loads(data.decode('utf-8')
+                                 if isinstance(data, bytes) else data)
+            else:
+                raw = _read_params(args.params)
+        except Exception as e:
+            unreadable = e
+        if isinstance(raw, dict) and unreadable is None:
+            for key, value in defaults.items():
+                if raw.get(key, value) != value:
+                    unreadable = ValueError(
+                        'this spare tunnel is pinned to %s %s, the '
+                        'parameters ask for %s %s' % (
+                            key, value, key, str(raw.get(key))[:40]))
+        return raw, unreadable
+    return _run(None, args, unpinned=unpinned, read=read)
+
+
+def _run(raw, args, unreadable=None, unpinned=None, read=None):
     # Everything below may load OpenSSL.
     from secmig_nova.tunnel import endpoint
     from secmig_nova.tunnel import errors
@@ -193,6 +241,12 @@ def _run(raw, args, unreadable=None, unpinned=None):
         log = _setup_logging(args)
     except Exception as e:      # a bad --config-file, logging options
         return _refuse(None, config_invalid('cannot set up logging', e))
+    if read is not None:
+        # A spare: everything is loaded; now wait for a migration.
+        _emit({'event': 'spare', 'pid': os.getpid()})
+        raw, unreadable = read()
+        if raw is None and unreadable is None:
+            return EXIT_OK
     if unreadable is not None:
         return _refuse(log, config_invalid('cannot read parameters',
                                            unreadable))

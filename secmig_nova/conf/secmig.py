@@ -188,6 +188,18 @@ Seconds a tunnel process may take to report that it listens (on the
 destination: its TLS port; on the source: the QEMU sockets) before the
 migration is refused.
 """),
+    cfg.BoolOpt('tunnel_spare',
+                default=True,
+                help="""
+Keep one ``secmig-tunnel`` process started ahead on this host, its
+interpreter and libraries loaded, and hand it the next migration's
+parameters, instead of starting a process when the migration begins (about
+0.3 s off each side's setup on a 2-core host). Each process still serves
+exactly one migration; the next spare starts once that migration's tunnel
+has ended. The spare costs one idle process (about 40 MiB). Migrations with
+a non-default ``tls_cipher`` or ``ecdh_curve`` always start a fresh
+process.
+"""),
     cfg.FloatOpt('tunnel_result_timeout',
                  default=60.0,
                  min=1.0,

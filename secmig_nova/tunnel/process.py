@@ -47,6 +47,9 @@ class TunnelProcess:
         argv += ['--params', '-']
         if debug:
             argv.append('--debug')
+        if params is None:
+            # A spare (see SpareTunnels): parameters come with start().
+            argv.append('--spare')
         full_env = dict(os.environ)
         full_env.update(env or {})
         self._stderr_sink = stderr
@@ -54,8 +57,9 @@ class TunnelProcess:
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=stderr if stderr is not None else subprocess.PIPE,
             env=full_env, text=True)
-        self.proc.stdin.write(json.dumps(params))
-        self.proc.stdin.close()
+        if params is not None:
+            self.start(params)
+        self.spare = None
         self.ready = None
         self.outcome = None
         # Other events (e.g. the destination's ``refused``), the latest
@@ -80,7 +84,9 @@ class TunnelProcess:
                 LOG.warning('tunnel printed a non-JSON line: %r', line)
                 continue
             with self._cond:
-                if event.get('event') == 'ready':
+                if event.get('event') == 'spare':
+                    self.spare = event
+                elif event.get('event') == 'ready':
                     self.ready = event
                 elif event.get('event') == 'outcome':
                     self.outcome = event
@@ -89,6 +95,20 @@ class TunnelProcess:
                 self._cond.notify_all()
         with self._cond:
             self._cond.notify_all()
+
+    def start(self, params):
+        """Hand the process its parameters (once; a spare's are late)."""
+        self.params = params
+        try:
+            self.proc.stdin.write(json.dumps(params))
+            self.proc.stdin.close()
+        except OSError as e:    # BrokenPipeError: it died meanwhile
+            raise TunnelProcessError('tunnel process %d is gone: %s'
+                                     % (self.proc.pid, e))
+
+    @property
+    def alive(self):
+        return self.proc.poll() is None
 
     def _read_stderr(self):
         for line in self.proc.stderr:
@@ -163,3 +183,93 @@ class TunnelProcess:
         if self.proc.poll() is None:
             self.proc.kill()
         return self.wait(5)
+
+    def close_spare(self, timeout=10.0):
+        """End an unused spare: close its input; it exits by itself."""
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            return self.wait(timeout)
+        except TunnelProcessError:
+            return self.kill()
+
+
+class SpareTunnels:
+    """A tunnel factory that keeps one process started ahead.
+
+    ``factory(params)`` hands ``params`` to the spare when it still runs and
+    the parameters use the default TLS suite and group (what the spare
+    pinned), then starts the next spare; otherwise it starts a fresh
+    process. Either way one process serves one migration: only the
+    interpreter start and the imports move off the migration's path.
+    The keyword arguments are :class:`TunnelProcess`'s. ``close()`` ends
+    the spare (a spare whose caller dies sees its standard input close and
+    exits by itself).
+    """
+
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+        self._lock = threading.Lock()
+        self._spare = None
+        self.used = 0           # migrations a spare served
+        self.fresh = 0          # migrations that needed a fresh process
+
+    def prepare(self):
+        """Start the spare now if there is none (cheap: no waiting)."""
+        with self._lock:
+            self._ensure_spare()
+
+    def _ensure_spare(self):
+        if self._spare is None or not self._spare.alive:
+            try:
+                self._spare = TunnelProcess(None, **self.kwargs)
+            except OSError as e:
+                LOG.warning('Could not start a spare secmig-tunnel: %s', e)
+                self._spare = None
+
+    def wait_loaded(self, timeout=30.0):
+        """Wait until the spare has loaded; False if there is none."""
+        with self._lock:
+            spare = self._spare
+        if spare is None:
+            return False
+        deadline = time.monotonic() + timeout
+        with spare._cond:
+            while spare.spare is None and spare.alive and \
+                    time.monotonic() < deadline:
+                spare._cond.wait(0.05)
+        return spare.spare is not None and spare.alive
+
+    def __call__(self, params):
+        from secmig_nova.tunnel import tls_conf
+        pinned = (params.get('tls_cipher', tls_conf.DEFAULT_CIPHER) ==
+                  tls_conf.DEFAULT_CIPHER and
+                  params.get('ecdh_curve', tls_conf.DEFAULT_CURVE) ==
+                  tls_conf.DEFAULT_CURVE)
+        with self._lock:
+            spare, self._spare = self._spare, None
+            if pinned and spare is not None and spare.alive:
+                try:
+                    spare.start(params)
+                    self.used += 1
+                    return spare
+                except TunnelProcessError as e:
+                    LOG.warning('Spare secmig-tunnel unusable (%s); '
+                                'starting a fresh one', e)
+            elif spare is not None:
+                spare.close_spare()
+            self.fresh += 1
+            return TunnelProcess(params, **self.kwargs)
+
+    def replenish(self):
+        """Start the next spare (after a migration took the last)."""
+        with self._lock:
+            self._ensure_spare()
+
+    def close(self):
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.close_spare()

@@ -53,6 +53,7 @@ from oslo_utils import excutils
 
 from secmig_nova import conf as secmig_conf  # noqa: F401 (registers [secmig])
 from secmig_nova.tunnel import errors as tunnel_errors
+from secmig_nova.tunnel import process as tunnel_process
 from secmig_nova.virt import enforcement
 from secmig_nova.virt import migration
 
@@ -280,9 +281,13 @@ class SecureLibvirtDriver(libvirt_driver.LibvirtDriver):
                 'secmig (enforcement %s) refuses to start: %s; or set '
                 '[secmig] enforcement = disabled'
                 % (CONF.secmig.enforcement, '; '.join(problems)))
+        spares = None
+        if CONF.secmig.tunnel_spare:
+            spares = tunnel_process.SpareTunnels()
         try:
-            self._secmig = migration.SecureMigration.from_conf(CONF,
-                                                               host=host)
+            self._secmig = migration.SecureMigration.from_conf(
+                CONF, host=host,
+                **({'tunnel_factory': spares} if spares else {}))
         except migration.SecureMigrationError as e:
             raise exception.InvalidConfiguration(
                 'secmig (enforcement %s) refuses to start: %s'
@@ -293,6 +298,9 @@ class SecureLibvirtDriver(libvirt_driver.LibvirtDriver):
                  self._secmig.identity.credentials.identity.urn,
                  self._secmig.identity.fingerprint,
                  self._secmig.settings.socket_dir)
+        if spares is not None:
+            # The first migration gets one ready too.
+            spares.prepare()
 
     def cleanup_host(self, host):
         try:
@@ -305,6 +313,8 @@ class SecureLibvirtDriver(libvirt_driver.LibvirtDriver):
                 self._secmig_outgoing.clear()
             for side in sides:
                 side.abort('nova-compute on %s stopped' % host)
+            if self._secmig is not None:
+                self._secmig.close()
 
     def update_provider_tree(self, provider_tree, nodename,
                              allocations=None):

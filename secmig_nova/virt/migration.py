@@ -486,6 +486,7 @@ class Tunnel:
         self.sockets = tuple(sockets)
         self.cleaner = cleaner or remove_stale_sockets
         self.process = None
+        self._replenished = False
         self.ended = False      # the process is gone (outcome or not)
         self.ready = None
         self.outcome = None
@@ -523,6 +524,7 @@ class Tunnel:
         self.outcome = outcome
         self.ended = True
         self._remove_sockets()
+        self._replenish()
         return outcome
 
     def stop(self, timeout=STOP_TIMEOUT):
@@ -544,7 +546,22 @@ class Tunnel:
                 self.ended = True
         finally:
             self._remove_sockets()
+            self._replenish()
         return self.outcome
+
+    def _replenish(self):
+        """Let a factory that keeps a spare process start the next one.
+
+        Now, after this migration, not during it (the CPU is the guest's).
+        """
+        replenish = getattr(self.factory, 'replenish', None)
+        if replenish is None or self._replenished or not self.ended:
+            return
+        self._replenished = True
+        try:
+            replenish()
+        except Exception:  # noqa: the next migration starts a fresh one
+            LOG.exception('Could not start a spare tunnel process')
 
     def _remove_sockets(self):
         if not self.sockets or self.outcome is not None:
@@ -873,6 +890,12 @@ class SecureMigration:
     @property
     def cloud_id(self):
         return self.settings.cloud_id
+
+    def close(self):
+        """End what this object keeps running between migrations."""
+        close = getattr(self.tunnel_factory, 'close', None)
+        if close is not None:
+            close()
 
     def trust_store(self, cloud_id):
         if cloud_id in (None, self.cloud_id):

@@ -492,6 +492,11 @@ class Lab:
         self.pki = LabPki(os.path.join(self.root, 'pki'))
         self.timings = {}
         self._tunnels = []
+        # Host name -> process.SpareTunnels, when tunnel_spares is set (the
+        # driver's default, [secmig] tunnel_spare): a tunnel process per
+        # host started ahead, as nova-compute keeps one.
+        self.tunnel_spares = False
+        self._spares = {}
 
     @classmethod
     def temporary(cls, hosts=('a', 'b')):
@@ -559,6 +564,10 @@ class Lab:
             with contextlib.suppress(Exception):
                 tunnel.kill()
         self._tunnels = []
+        for spares in self._spares.values():
+            with contextlib.suppress(Exception):
+                spares.close()
+        self._spares = {}
         for host in self.hosts.values():
             host.close()
         try:
@@ -754,10 +763,32 @@ class Lab:
                                   parallel=parallel)
 
     def tunnel(self, host, params, env=None):
-        """Start a secmig-tunnel process inside host's namespaces."""
-        tunnel = process.TunnelProcess(params, prefix=host.prefix, env=env)
+        """Start a secmig-tunnel process inside host's namespaces.
+
+        With ``tunnel_spares`` (and no ``env``), the host's spare takes the
+        parameters if it is ready.
+        """
+        if self.tunnel_spares and env is None:
+            tunnel = self.spares(host)(params)
+        else:
+            tunnel = process.TunnelProcess(params, prefix=host.prefix,
+                                           env=env)
         self._tunnels.append(tunnel)
         return tunnel
+
+    def spares(self, host):
+        """The host's SpareTunnels, its spare started (tunnel_spares)."""
+        if host.name not in self._spares:
+            self._spares[host.name] = process.SpareTunnels(
+                prefix=host.prefix)
+        spares = self._spares[host.name]
+        spares.prepare()
+        return spares
+
+    def wait_spares(self, timeout=READY_TIMEOUT):
+        """Wait until every host's spare has loaded (tunnel_spares)."""
+        for name in self.names:
+            self.spares(self.hosts[name]).wait_loaded(timeout)
 
     def tunnel_params(self, side, host, peer, migration_id, sockets,
                       **extra):
@@ -895,6 +926,11 @@ class Lab:
                     result.tunnel_stderr[side] = tunnel.stderr
                     with contextlib.suppress(ValueError):
                         self._tunnels.remove(tunnel)
+            if self.tunnel_spares:
+                # The next spares start now, after the migration (as the
+                # driver does), not while the guest needs the CPU.
+                for host in (src, dst):
+                    self.spares(host)
             for host in (src, dst):
                 path = host.outside(sock)
                 if os.path.lexists(path) and not migration.accepting(path):

@@ -61,6 +61,11 @@ class FakeTunnels:
         self.endpoint_port = None
         self._results = {}
         self._lock = threading.Lock()
+        # How often a tunnel's end asked for the next spare (SpareTunnels).
+        self.replenished = 0
+
+    def replenish(self):
+        self.replenished += 1
 
     def __call__(self, params, **_kwargs):
         tunnel = FakeTunnelProcess(self, params)

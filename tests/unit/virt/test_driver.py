@@ -147,6 +147,8 @@ class TestInitHost(DriverTestCase):
         self.super_init = self.patch_libvirt('init_host')
         self.from_conf = self.useFixture_mock(
             'secmig_nova.virt.migration.SecureMigration.from_conf')
+        self.spares = self.useFixture_mock(
+            'secmig_nova.tunnel.process.SpareTunnels')
         self.driver._secmig = None
 
     def useFixture_mock(self, target):
@@ -157,9 +159,24 @@ class TestInitHost(DriverTestCase):
 
     def test_loads_identity_then_nova(self):
         self.driver.init_host('host-a')
-        self.from_conf.assert_called_once_with(CONF, host='host-a')
+        self.from_conf.assert_called_once_with(
+            CONF, host='host-a', tunnel_factory=self.spares.return_value)
         self.assertIs(self.from_conf.return_value, self.driver._secmig)
         self.super_init.assert_called_once_with(self.driver, 'host-a')
+        # The first migration's tunnel is started ahead too.
+        self.spares.return_value.prepare.assert_called_once_with()
+
+    def test_no_spare_tunnel_by_option(self):
+        self.flags(tunnel_spare=False, group='secmig')
+        self.driver.init_host('host-a')
+        self.from_conf.assert_called_once_with(CONF, host='host-a')
+        self.spares.assert_not_called()
+
+    def test_cleanup_host_ends_the_spare(self):
+        self.driver.init_host('host-a')
+        self.patch_libvirt('cleanup_host')
+        self.driver.cleanup_host('host-a')
+        self.from_conf.return_value.close.assert_called_once_with()
 
     def test_disabled_loads_nothing(self):
         self.flags(enforcement='disabled', group='secmig')

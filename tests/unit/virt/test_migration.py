@@ -125,6 +125,20 @@ class TestSetupPhases(MigrationTestCase):
                          r'tunnel ready [0-9.]+ s\)')
         outgoing.finish(False, 'test over')
 
+    def test_next_spare_starts_after_each_tunnel_ends(self):
+        incoming = self.dst.prepare_destination(self.mid, INSTANCE,
+                                                {'memory': 1})
+        self.answer()
+        outgoing = self.src.start_source(self.mid, INSTANCE, 'host-a2',
+                                         {'memory': 1}, user_id='u',
+                                         project_id='p')
+        # Not while the migration runs: the CPU is the guest's then.
+        self.assertEqual(0, self.tunnels.replenished)
+        outgoing.finish(False, 'test over')
+        self.assertEqual(1, self.tunnels.replenished)
+        incoming.finish(False, 'test over')
+        self.assertEqual(2, self.tunnels.replenished)
+
     def test_phases_add_up(self):
         now = [10.0]
         phases = migration._Phases(clock=lambda: now[0])
