@@ -16,7 +16,6 @@ Exit status: 0 migrated and verified; 1 refused, failed or interrupted
 3 libvirt moved the domain but the receipts did not verify.
 """
 
-import functools
 import json
 import os
 import signal
@@ -94,10 +93,17 @@ class HostEnd:
         self.python = group.python or sys.executable
 
     def tunnel_factory(self):
+        """Tunnels of this end, the first one loading from now on.
+
+        A spare started here loads while the brokers and libvirt are
+        reached, so the tunnel is (nearly) ready when it is needed.
+        """
         from secmig_nova.tunnel import process
-        return functools.partial(
-            process.TunnelProcess, prefix=self.prefix,
+        spares = process.SpareTunnels(
+            replenish=False, prefix=self.prefix,
             command=[self.python, '-m', 'secmig_nova.cmd.tunnel'])
+        spares.prepare()
+        return spares
 
     def socket_cleaner(self, paths):
         """Remove a failed QEMU's stale sockets on that host."""
@@ -354,6 +360,8 @@ class Migrate:
                 src_conn.close()
                 dst_conn.close()
         finally:
+            for engine in (src_engine, dst_engine):
+                engine.close()
             if self.brokers is not None:
                 self.brokers.stop()
 
@@ -401,6 +409,11 @@ class Migrate:
                                      grant.dst_fingerprint[:16],
                                      outgoing.sockets))
         summary['setup_seconds'] = round(time.monotonic() - t0, 3)
+        summary['setup_steps'] = {
+            side: {step: round(seconds, 3)
+                   for step, seconds in phases.steps.items()}
+            for side, phases in (('destination', incoming.setup),
+                                 ('source', outgoing.setup))}
         params = migration.libvirt_params(
             outgoing.migrate_uri, bandwidth=self.opts.bandwidth,
             parallel=parallel)
@@ -590,6 +603,11 @@ def render(summary, src, dst):
         lines.append('  time           %.2f s (setup %.2f s, libvirt %.2f s)'
                      % (summary['seconds'], summary.get('setup_seconds') or 0,
                         summary.get('libvirt_seconds') or 0))
+    if summary.get('setup_steps'):
+        lines.append('  setup steps    %s' % '; '.join(
+            '%s: %s' % (side, ', '.join('%s %.3f s' % item
+                                        for item in steps.items()))
+            for side, steps in sorted(summary['setup_steps'].items())))
     if summary.get('downtime_ms') is not None:
         lines.append('  downtime       %d ms' % summary['downtime_ms'])
     if 'bytes_to_destination' in summary:

@@ -4,6 +4,10 @@ The compute driver, ``secmig-migrate``, the tests and the benchmarks all run
 tunnels through this class, so the process contract (parameters on stdin,
 one ``ready`` line, one ``outcome`` line, SIGTERM to stop) lives in one
 place. Crypto and copying never run in the caller's process.
+
+A *spare* (:class:`SpareTunnels`, ``secmig-tunnel --spare``) is the same
+process started before its migration is known: it prints a ``spare`` line
+once loaded and reads its parameters when they come.
 """
 
 import collections
@@ -206,11 +210,13 @@ class SpareTunnels:
     interpreter start and the imports move off the migration's path.
     The keyword arguments are :class:`TunnelProcess`'s. ``close()`` ends
     the spare (a spare whose caller dies sees its standard input close and
-    exits by itself).
+    exits by itself). With ``replenish=False`` (a one-shot caller such as
+    ``secmig-migrate``) a spare taken is not replaced.
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, replenish=True, **kwargs):
         self.kwargs = kwargs
+        self.keep = replenish
         self._lock = threading.Lock()
         self._spare = None
         self.used = 0           # migrations a spare served
@@ -265,6 +271,8 @@ class SpareTunnels:
 
     def replenish(self):
         """Start the next spare (after a migration took the last)."""
+        if not self.keep:
+            return
         with self._lock:
             self._ensure_spare()
 

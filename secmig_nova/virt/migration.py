@@ -968,8 +968,10 @@ class SecureMigration:
         LOG.info('Migration %s of instance %s: destination tunnel listening '
                  'on %s for %s, registered with the broker; %s',
                  migration_id, instance_uuid, endpoint, streams, phases)
-        return IncomingMigration(self, migration_id, instance_uuid, tunnel,
-                                 endpoint, streams, src_store)
+        incoming = IncomingMigration(self, migration_id, instance_uuid,
+                                     tunnel, endpoint, streams, src_store)
+        incoming.setup = phases
+        return incoming
 
     # -- source ----------------------------------------------------------
 

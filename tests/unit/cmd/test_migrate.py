@@ -219,6 +219,18 @@ class TestRender(testtools.TestCase):
     def render(self, summary, src=SRC_END, dst=DST_END):
         return migrate.render(summary, src, dst).split('\n')
 
+    def test_setup_steps(self):
+        summary = dict(
+            HEAD, status='completed', seconds=4.5, setup_seconds=0.5,
+            libvirt_seconds=3.75, setup_steps={
+                'source': {'ticket': 0.1, 'grant': 0.05,
+                           'tunnel ready': 0.012},
+                'destination': {'tunnel ready': 0.011,
+                                'registration': 0.02}})
+        self.assertIn('  setup steps    destination: tunnel ready 0.011 s, '
+                      'registration 0.020 s; source: ticket 0.100 s, grant '
+                      '0.050 s, tunnel ready 0.012 s', self.render(summary))
+
     def test_completed(self):
         summary = dict(
             HEAD, status='completed', seconds=4.5, setup_seconds=0.5,
