@@ -58,6 +58,10 @@ KINDS = ('plain', 'tls', 'secure', 'secure-cold')
 DEFAULT_KINDS = ('plain', 'tls', 'secure')
 MODES = {'normal': 0, 'hard': lab_mod.HARD_HOG_MIB}
 TARGETS = {('secure', 'plain'): 1.10, ('secure', 'tls'): 1.00}
+# The names the ratios print and --json writes.
+LABELS = {'plain': 'plain', 'tls': 'native-tls', 'secure': 'secmig',
+          'secure-cold': 'secmig-cold'}
+GIB = 1 << 30
 HOG_RE = re.compile(rb'SECMIG-HOG-PASS (\d+)')
 MIB = 1 << 20
 
@@ -90,12 +94,25 @@ def sample(result, kind):
             if rc != 0 or outcome['status'] != 'completed':
                 raise lab_mod.LabError('%s tunnel did not complete: %s'
                                        % (side, outcome))
-            usage = outcome.get('rusage') or {}
-            cpu += usage.get('cpu_user', 0) + usage.get('cpu_system', 0)
-        # CPU seconds both tunnel processes used (on a 2-core machine
-        # they compete with both QEMUs).
+            used = _cpu(outcome.get('rusage'))
+            cpu += used
+            # Carrying the stream: the CPU after the ready line, per GiB
+            # of guest stream this side carried.
+            streaming = used - _cpu(
+                (result.ready.get(side) or {}).get('rusage'))
+            row['%s_stream_cpu_s' % side] = round(streaming, 3)
+            if result.bytes:
+                row['%s_cpu_s_per_gib' % side] = round(
+                    streaming / (result.bytes / GIB), 3)
+        # CPU seconds both tunnel processes used, start-up included (on a
+        # 2-core machine they compete with both QEMUs).
         row['tunnel_cpu_s'] = round(cpu, 3)
     return row
+
+
+def _cpu(usage):
+    usage = usage or {}
+    return usage.get('cpu_user', 0) + usage.get('cpu_system', 0)
 
 
 def dirty_rate(the_lab, host, name, hog_mib, seconds=4.0):
@@ -112,12 +129,13 @@ def dirty_rate(the_lab, host, name, hog_mib, seconds=4.0):
     return round(passes * hog_mib / (time.monotonic() - t0), 1)
 
 
-def run_mode(the_lab, mode, rounds, kinds, out, parallel=0):
+def run_mode(the_lab, mode, rounds, kinds, out, parallel=0,
+             memory_mib=256):
     a, b = the_lab.host('a'), the_lab.host('b')
     name = 'bench-%s' % mode
     hog = MODES[mode]
     the_lab.destroy_guest(name)
-    the_lab.start_guest(a, name, hog_mib=hog)
+    the_lab.start_guest(a, name, hog_mib=hog, memory_mib=memory_mib)
     the_lab.wait_heartbeat(a, name, above=2, timeout=120)
     where, other = a, b
     rows = []
@@ -170,7 +188,8 @@ def report(mode, rows, rate, kinds, rounds):
     for kind in kinds:
         med[kind] = {key: median(rows, kind, key) for key in
                      ('time_s', 'downtime_ms', 'bytes', 'job_ms', 'setup_s',
-                      'tunnel_cpu_s')}
+                      'tunnel_cpu_s', 'source_cpu_s_per_gib',
+                      'destination_cpu_s_per_gib')}
         m = med[kind]
         n = sum(1 for r in rows if r['kind'] == kind)
         lines.append('%-11s %3d %10.3f %12.0f %11.1f %10.0f %9s %10s' % (
@@ -187,22 +206,29 @@ def report(mode, rows, rate, kinds, rounds):
             if not med[den][key]:
                 continue
             ratio = med[num][key] / med[den][key]
-            ratios['%s/%s %s' % (num, den, label)] = ratio
+            name = '%s/%s %s' % (LABELS[num], LABELS[den], label)
+            ratios[name] = ratio
             verdict = ''
             if label in ('time', 'downtime'):
                 verdict = ('meets' if ratio <= target else 'MISSES') + \
                     ' target <= %.2f' % target
-            lines.append('  %s/%s %-8s = %.3f  %s'
-                         % (num, den, label, ratio, verdict))
+            lines.append('  %-28s = %.3f  %s' % (name, ratio, verdict))
     if 'secure' in med and 'secure-cold' in med:
         for key, label in (('setup_s', 'setup'), ('time_s', 'time'),
                            ('tunnel_cpu_s', 'tunnel cpu')):
             if med['secure-cold'][key]:
                 ratio = med['secure'][key] / med['secure-cold'][key]
-                ratios['secure/secure-cold %s' % label] = ratio
-                lines.append('  secure/secure-cold %-10s = %.3f (spare '
-                             'tunnels vs a fresh process per tunnel)'
-                             % (label, ratio))
+                name = 'secmig/secmig-cold %s' % label
+                ratios[name] = ratio
+                lines.append('  %-28s = %.3f  (spare tunnel processes vs '
+                             'a fresh one per tunnel)' % (name, ratio))
+    secure = med.get('secure') or med.get('secure-cold')
+    if secure:
+        lines.append('  secmig setup (median)        = %.0f ms; tunnel CPU '
+                     'while streaming: source %s, destination %s CPU-s/GiB'
+                     % (secure['setup_s'] * 1000,
+                        secure['source_cpu_s_per_gib'],
+                        secure['destination_cpu_s_per_gib']))
     return '\n'.join(lines), med, ratios
 
 
@@ -218,6 +244,8 @@ def main(argv=None):
                         help='QEMU multifd channels for every kind (0: one '
                              'connection); secmig: one tunnel connection '
                              'per channel')
+    parser.add_argument('--guest-mib', type=int, default=256,
+                        help='guest RAM in MiB (the lab guest: 256)')
     parser.add_argument('--keep', action='store_true',
                         help='use .lab/ and leave the hosts running')
     args = parser.parse_args(argv)
@@ -231,6 +259,7 @@ def main(argv=None):
             parser.error('unknown kind %s' % k)
     the_lab = lab_mod.Lab() if args.keep else lab_mod.Lab.temporary()
     summary = {'rounds': args.rounds, 'parallel': args.parallel,
+               'guest_mib': args.guest_mib,
                'modes': {},
                'loadavg_before': os.getloadavg(), 'cpus': os.cpu_count()}
     texts = []
@@ -240,12 +269,19 @@ def main(argv=None):
               flush=True)
         for mode in modes:
             rows, rate = run_mode(the_lab, mode, args.rounds, kinds,
-                                  sys.stdout, args.parallel)
+                                  sys.stdout, args.parallel,
+                                  memory_mib=args.guest_mib)
             text, med, ratios = report(mode, rows, rate, kinds, args.rounds)
             texts.append(text)
-            summary['modes'][mode] = {'samples': rows, 'medians': med,
-                                      'ratios': ratios,
-                                      'dirty_mib_s': rate}
+            secure = med.get('secure') or med.get('secure-cold') or {}
+            summary['modes'][mode] = {
+                'samples': rows, 'medians': med, 'ratios': ratios,
+                'dirty_mib_s': rate,
+                'setup_ms': (secure['setup_s'] * 1000
+                             if secure.get('setup_s') is not None else None),
+                'tunnel_cpu_s_per_gib': {
+                    side: secure.get('%s_cpu_s_per_gib' % side)
+                    for side in ('source', 'destination')}}
     finally:
         if not args.keep:
             the_lab.teardown()

@@ -297,7 +297,10 @@ def _run(raw, args, unreadable=None, unpinned=None, read=None):
 
     ready = {'event': 'ready', 'side': params.side,
              'migration_id': params.migration_id,
-             'fingerprint': side.fingerprint, 'pid': os.getpid()}
+             'fingerprint': side.fingerprint, 'pid': os.getpid(),
+             # CPU spent so far (start-up): the outcome's rusage minus
+             # this is what carrying the stream cost.
+             'rusage': _rusage()}
     if params.side == 'source':
         ready['sockets'] = listening
     else:
