@@ -231,8 +231,9 @@ class SpareTunnels:
         if self._spare is None or not self._spare.alive:
             try:
                 self._spare = TunnelProcess(None, **self.kwargs)
-            except OSError as e:
-                LOG.warning('Could not start a spare secmig-tunnel: %s', e)
+            except Exception as e:  # noqa: only an optimisation
+                LOG.warning('Could not start a spare secmig-tunnel (the '
+                            'next migration starts a fresh one): %s', e)
                 self._spare = None
 
     def wait_loaded(self, timeout=30.0):

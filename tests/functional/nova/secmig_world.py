@@ -94,6 +94,9 @@ class SecmigWorld(fixtures.Fixture):
         self.tunnels = fakes.FakeTunnels()
 
         self._override('enforcement', self.mode)
+        # Tunnels are faked here; spare processes are real processes
+        # (tests/functional/test_tunnel_spare.py, the real cloud).
+        self._override('tunnel_spare', False)
         self._override('cloud_id', CLOUD)
         self._override('ca_file', self.cloud.ca.ca_file)
         self._override('socket_dir', self.socket_dir)
