@@ -196,9 +196,9 @@ interpreter and libraries loaded, and hand it the next migration's
 parameters, instead of starting a process when the migration begins (about
 0.3 s off each side's setup on a 2-core host). Each process still serves
 exactly one migration; the next spare starts once that migration's tunnel
-has ended. The spare costs one idle process (about 40 MiB). Migrations with
-a non-default ``tls_cipher`` or ``ecdh_curve`` always start a fresh
-process.
+has ended. The spare costs one idle process (about 50 MiB resident).
+Migrations with a non-default ``tls_cipher`` or ``ecdh_curve`` always start
+a fresh process.
 """),
     cfg.FloatOpt('tunnel_result_timeout',
                  default=60.0,
