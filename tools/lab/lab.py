@@ -1056,10 +1056,14 @@ class Capture:
         if shutil.which('tcpdump') is None:
             raise LabError('tcpdump is not installed: run '
                            'tools/lab/install.sh')
-        # -U: write each packet at once; -B: 64 MiB kernel buffer (a
-        # migration on loopback is fast); -Z root: the file stays root's.
+        # -U: write each packet at once; -B: a 256 MiB kernel buffer,
+        # more than a whole lab migration (about 80 MiB plain, 230 MiB for
+        # the hard guest), so that a tcpdump starved of CPU on a busy
+        # machine still drops nothing (64 MiB dropped 1038 packets of a
+        # plain migration beside two CPU hogs); -Z root: the file stays
+        # root's.
         self.proc = subprocess.Popen(
-            ['tcpdump', '-i', 'lo', '-n', '-U', '-B', '65536', '-s', '0',
+            ['tcpdump', '-i', 'lo', '-n', '-U', '-B', '262144', '-s', '0',
              '-Z', 'root', '-w', self.path, self.filter],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         threading.Thread(target=self._read_err, daemon=True).start()
