@@ -64,18 +64,25 @@ def _emit(obj):
 
 
 def _read_params(path):
-    """The parameters as JSON text in strict UTF-8 (``-``: stdin).
+    """The parameters as JSON text in strict UTF-8 (``-``: stdin)."""
+    return _parse_params(_read_bytes(path))
 
-    Bytes are decoded here, not by the standard streams: stdin's error
+
+def _read_bytes(path):
+    """What ``path`` holds (``-``: stdin), as bytes.
+
+    Bytes are decoded later, not by the standard streams: stdin's error
     handler depends on the locale, and a surrogate-escaped byte would
     reach the parameters as a string that cannot be encoded again.
     """
     if path == '-':
         stream = getattr(sys.stdin, 'buffer', sys.stdin)
-        data = stream.read()
-    else:
-        with open(path, 'rb') as f:
-            data = f.read()
+        return stream.read()
+    with open(path, 'rb') as f:
+        return f.read()
+
+
+def _parse_params(data):
     if isinstance(data, bytes):
         data = data.decode('utf-8')
     return json.loads(data)
@@ -193,34 +200,27 @@ def _refuse(log, error, status='refused', code=EXIT_USAGE):
 
 def _run_spare(args):
     from secmig_nova.tunnel import tls_conf
-    defaults = {'tls_cipher': tls_conf.DEFAULT_CIPHER,
-                'ecdh_curve': tls_conf.DEFAULT_CURVE}
     unpinned = None
     try:
-        _pin_openssl(defaults)
+        _pin_openssl({})        # the defaults
     except Exception as e:
         unpinned = e
 
     def read():
         raw = unreadable = None
         try:
-            if args.params == '-':
-                data = getattr(sys.stdin, 'buffer', sys.stdin).read()
-                if not data:
-                    return None, None       # never used
-                raw = json.loads(data.decode('utf-8')
-                                 if isinstance(data, bytes) else data)
-            else:
-                raw = _read_params(args.params)
+            data = _read_bytes(args.params)
+            if not data:
+                return None, None       # never used
+            raw = _parse_params(data)
         except Exception as e:
             unreadable = e
         if isinstance(raw, dict) and unreadable is None:
-            for key, value in defaults.items():
-                if raw.get(key, value) != value:
-                    unreadable = ValueError(
-                        'this spare tunnel is pinned to %s %s, the '
-                        'parameters ask for %s %s' % (
-                            key, value, key, str(raw.get(key))[:40]))
+            for key, asked in tls_conf.unpinned(raw):
+                unreadable = ValueError(
+                    'this spare tunnel is pinned to %s %s, the parameters '
+                    'ask for %s %s' % (key, tls_conf.DEFAULTS[key],
+                                       key, str(asked)[:40]))
         return raw, unreadable
     return _run(None, args, unpinned=unpinned, read=read)
 

@@ -143,6 +143,16 @@ class TunnelProcess:
                 self.outcome)
         return self.ready
 
+    def wait_spare(self, timeout=30.0):
+        """Whether a spare loaded (its ``spare`` line) within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self.spare is None and self.alive and \
+                    time.monotonic() < deadline:
+                self._cond.wait(min(0.2, max(0.0,
+                                             deadline - time.monotonic())))
+        return self.spare is not None and self.alive
+
     def wait_event(self, predicate, timeout=30.0):
         """The first event for which ``predicate(event)`` is true.
 
@@ -205,9 +215,10 @@ class SpareTunnels:
 
     ``factory(params)`` hands ``params`` to the spare when it still runs and
     the parameters use the default TLS suite and group (what the spare
-    pinned), then starts the next spare; otherwise it starts a fresh
-    process. Either way one process serves one migration: only the
-    interpreter start and the imports move off the migration's path.
+    pinned); otherwise it starts a fresh process. ``replenish()`` starts the
+    next spare once the migration is over. Either way one process serves
+    one migration: only the interpreter start and the imports move off the
+    migration's path.
     The keyword arguments are :class:`TunnelProcess`'s. ``close()`` ends
     the spare (a spare whose caller dies sees its standard input close and
     exits by itself). With ``replenish=False`` (a one-shot caller such as
@@ -240,21 +251,11 @@ class SpareTunnels:
         """Wait until the spare has loaded; False if there is none."""
         with self._lock:
             spare = self._spare
-        if spare is None:
-            return False
-        deadline = time.monotonic() + timeout
-        with spare._cond:
-            while spare.spare is None and spare.alive and \
-                    time.monotonic() < deadline:
-                spare._cond.wait(0.05)
-        return spare.spare is not None and spare.alive
+        return spare is not None and spare.wait_spare(timeout)
 
     def __call__(self, params):
         from secmig_nova.tunnel import tls_conf
-        pinned = (params.get('tls_cipher', tls_conf.DEFAULT_CIPHER) ==
-                  tls_conf.DEFAULT_CIPHER and
-                  params.get('ecdh_curve', tls_conf.DEFAULT_CURVE) ==
-                  tls_conf.DEFAULT_CURVE)
+        pinned = not tls_conf.unpinned(params)
         with self._lock:
             spare, self._spare = self._spare, None
             if pinned and spare is not None and spare.alive:

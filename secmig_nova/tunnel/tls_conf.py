@@ -9,6 +9,8 @@ when it is first loaded).
 
 DEFAULT_CIPHER = 'aes-256-gcm'
 DEFAULT_CURVE = 'prime256v1'
+# Tunnel parameter -> its default (what a spare tunnel pins).
+DEFAULTS = {'tls_cipher': DEFAULT_CIPHER, 'ecdh_curve': DEFAULT_CURVE}
 
 CIPHER_SUITES = {
     'aes-256-gcm': 'TLS_AES_256_GCM_SHA384',
@@ -18,6 +20,16 @@ GROUPS = {
     'prime256v1': 'P-256',
     'secp384r1': 'P-384',
 }
+
+
+def unpinned(params):
+    """The ``(key, asked)`` pairs where ``params`` leave the defaults.
+
+    A spare tunnel (``secmig-tunnel --spare``) pins the defaults before it
+    knows its parameters; it can serve only parameters with none of these.
+    """
+    return [(key, params.get(key, value)) for key, value in DEFAULTS.items()
+            if params.get(key, value) != value]
 
 
 def openssl_conf(cipher, curve):

@@ -79,11 +79,14 @@ class TestSpareTunnels(harness.TunnelTestCase):
         self.assertEqual(0, spare.proc.wait(TIMEOUT))
         self.assertIsNone(spare.outcome)
 
-    def test_spare_refuses_parameters_it_was_not_pinned_for(self):
+    def loaded_spare(self):
         spare = process.TunnelProcess(None)
         self.procs.append(spare)
-        harness.wait_for(lambda: spare.spare is not None, 'the spare event',
-                         TIMEOUT)
+        self.assertTrue(spare.wait_spare(TIMEOUT), spare.stderr)
+        return spare
+
+    def test_spare_refuses_parameters_it_was_not_pinned_for(self):
+        spare = self.loaded_spare()
         spare.start(self.dst_params(ecdh_curve='secp384r1'))
         rc, outcome = spare.wait(TIMEOUT)
         self.assertEqual(2, rc)
@@ -93,10 +96,7 @@ class TestSpareTunnels(harness.TunnelTestCase):
         self.assertIsNone(spare.ready)
 
     def test_unused_spare_exits_quietly(self):
-        spare = process.TunnelProcess(None)
-        self.procs.append(spare)
-        harness.wait_for(lambda: spare.spare is not None, 'the spare event',
-                         TIMEOUT)
+        spare = self.loaded_spare()
         rc, outcome = spare.close_spare(TIMEOUT)
         self.assertEqual(0, rc)
         self.assertIsNone(outcome)
