@@ -521,11 +521,13 @@ class SecureLibvirtDriver(libvirt_driver.LibvirtDriver):
                                       block_device_info=None):
         if self._secmig is not None or self._secmig_mode(instance) != \
                 enforcement.DISABLED:
+            offers = self._secmig_destination_offers(context, instance)
+            # Named only where a message needs it (a second placement
+            # read otherwise made on every pre-check).
             decision = self._secmig_decide(
-                context, instance, self._secmig is not None,
-                self._secmig_destination_offers(context, instance),
-                self._secmig_host,
-                self._secmig_destination_name(context, instance))
+                context, instance, self._secmig is not None, offers,
+                self._secmig_host, 'the destination host' if offers
+                else self._secmig_destination_name(context, instance))
             if decision.refused:
                 raise exception.MigrationPreCheckError(
                     reason=decision.refusal)
