@@ -81,14 +81,19 @@ class MigrationTestCase(testtools.TestCase):
             'grant': self.grant(streams, **kwargs),
             'dst_endpoint': '127.0.0.1:49400'}
 
-    def complete_same_cloud(self):
-        """host-a1 -> host-a2, completed on both sides; (incoming, result)."""
+    def start_same_cloud(self):
+        """host-a1 -> host-a2, both sides started; (incoming, outgoing)."""
         incoming = self.dst.prepare_destination(self.mid, INSTANCE,
                                                 {'memory': 1})
         self.answer()
         outgoing = self.src.start_source(self.mid, INSTANCE, 'host-a2',
                                          {'memory': 1}, user_id='u',
                                          project_id='p')
+        return incoming, outgoing
+
+    def complete_same_cloud(self):
+        """host-a1 -> host-a2, completed on both sides; (incoming, result)."""
+        incoming, outgoing = self.start_same_cloud()
         self.assertTrue(outgoing.finish(True).ok)
         result = incoming.finish(True)
         self.assertTrue(result.ok, result)
@@ -107,11 +112,7 @@ class TestSetupPhases(MigrationTestCase):
     def test_both_sides_log_their_setup_steps(self):
         logs = self.useFixture(fixtures.FakeLogger(
             name='secmig_nova.virt.migration', level=logging.INFO))
-        self.dst.prepare_destination(self.mid, INSTANCE, {'memory': 1})
-        self.answer()
-        outgoing = self.src.start_source(self.mid, INSTANCE, 'host-a2',
-                                         {'memory': 1}, user_id='u',
-                                         project_id='p')
+        _incoming, outgoing = self.start_same_cloud()
         self.assertEqual(['ticket', 'grant', 'tunnel ready'],
                          list(outgoing.setup.steps))
         self.assertTrue(all(v >= 0 for v in outgoing.setup.steps.values()))
@@ -126,12 +127,7 @@ class TestSetupPhases(MigrationTestCase):
         outgoing.finish(False, 'test over')
 
     def test_next_spare_starts_after_each_tunnel_ends(self):
-        incoming = self.dst.prepare_destination(self.mid, INSTANCE,
-                                                {'memory': 1})
-        self.answer()
-        outgoing = self.src.start_source(self.mid, INSTANCE, 'host-a2',
-                                         {'memory': 1}, user_id='u',
-                                         project_id='p')
+        incoming, outgoing = self.start_same_cloud()
         # Not while the migration runs: the CPU is the guest's then.
         self.assertEqual(0, self.tunnels.replenished)
         outgoing.finish(False, 'test over')
