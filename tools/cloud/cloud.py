@@ -897,6 +897,13 @@ print(json.dumps({'project_id': proj[a['project']], 'users': users}))
         wait_for(binary, lambda: self.service_up(binary), proc,
                  log=log_path(binary), fatal=' ERROR nova ')
 
+    @staticmethod
+    def nova_query(sql):
+        """What ``sql`` prints in nova's database (tab-separated rows)."""
+        return output(['mariadb', '--no-defaults', '--socket=%s'
+                       % path('data', 'mysql.sock'), '-u', 'root', '-N',
+                       '-e', sql, 'nova'])
+
     def compute_node(self, host):
         """Whether ``host`` registered its compute node, named as itself.
 
@@ -904,10 +911,9 @@ print(json.dumps({'project_id': proj[a['project']], 'users': users}))
         canonicalises through the host's /etc/hosts; a node of another
         name would collide in placement with that host's.
         """
-        out = output(['mariadb', '--no-defaults', '--socket=%s'
-                      % path('data', 'mysql.sock'), '-u', 'root', '-N', '-e',
-                      "SELECT hypervisor_hostname FROM compute_nodes WHERE "
-                      "host='%s' AND deleted=0" % host, 'nova'])
+        out = self.nova_query("SELECT hypervisor_hostname FROM "
+                              "compute_nodes WHERE host='%s' AND deleted=0"
+                              % host)
         nodes = out.split()
         if nodes and nodes != [host]:
             raise CloudError('nova-compute on %s registered the node(s) %s, '
@@ -922,15 +928,12 @@ print(json.dumps({'project_id': proj[a['project']], 'users': users}))
         Recent: less than 60 s old and, with ``since``, newer than that
         UTC time.
         """
-        sock = path('data', 'mysql.sock')
         sql = ("SELECT host FROM services WHERE `binary`='%s' AND deleted=0 "
                "AND TIMESTAMPDIFF(SECOND, COALESCE(updated_at, created_at), "
                "UTC_TIMESTAMP()) < 60" % binary)
         if since:
             sql += " AND COALESCE(updated_at, created_at) > '%s'" % since
-        out = output(['mariadb', '--no-defaults', '--socket=%s' % sock,
-                      '-u', 'root', '-N', '-e', sql, 'nova'])
-        hosts = out.split()
+        hosts = self.nova_query(sql).split()
         return bool(hosts) if host is None else host in hosts
 
     def compute(self, name, since=None):
@@ -1103,9 +1106,7 @@ print(json.dumps({'project_id': proj[a['project']], 'users': users}))
         t0 = time.monotonic()
         stop('nova-compute-%s' % name)
         # Up again means a heartbeat newer than the old process's last.
-        since = output(['mariadb', '--no-defaults', '--socket=%s'
-                        % path('data', 'mysql.sock'), '-u', 'root', '-N',
-                        '-e', 'SELECT UTC_TIMESTAMP()', 'nova']).strip()
+        since = self.nova_query('SELECT UTC_TIMESTAMP()').strip()
         self.compute(name, since=since)
         if enforcement is not None or driver is not None:
             # The other host decides from placement: wait until the node's

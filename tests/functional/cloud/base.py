@@ -116,6 +116,17 @@ class CloudTestCase(testtools.TestCase):
         self.assertEqual(0, res.returncode, res.stderr)
         return [line.split('\t') for line in res.stdout.splitlines()]
 
+    def brokers_heard_of(self, server_id):
+        """Both brokers' records of ``server_id``: (id, side, state) rows."""
+        return [row for cloud in ('cloud_a', 'cloud_b') for row in self.sql(
+            'secmig_%s' % cloud, "SELECT id, side, state FROM "
+            "secmig_migrations WHERE instance_uuid='%s'" % server_id)]
+
+    def log_file(self, name):
+        """A cloud service's log (e.g. ``nova-compute-cmp-a``)."""
+        return os.path.join(self.cloud['SECMIG_CLOUD_DIR'], 'logs',
+                            name + '.log')
+
     def instance_dir(self, host, server_id):
         """A server's directory inside lab host ``host`` (lab-<name>)."""
         name = host[len('lab-'):]

@@ -283,8 +283,7 @@ class ForceCompletePostCopyTest(FaultTestCase):
         beat = self.wait_heartbeat(server_id)
         self.start_migration(server_id, b)
         domain, migration = self.slow_copy(server_id, a)
-        log = os.path.join(self.cloud['SECMIG_CLOUD_DIR'], 'logs',
-                           'nova-compute-cmp-a.log')
+        log = self.log_file('nova-compute-cmp-a')
         offset = os.path.getsize(log)
         # Forcing completion is an admin's call by default.
         self.osc('server', 'migration', 'force', 'complete', server_id,

@@ -87,11 +87,6 @@ class ModesTest(base.CloudTestCase):
         self.fail('no final migration of %s within %d s: %s'
                   % (server_id, WAIT, migrations))
 
-    def brokers_heard_of(self, server_id):
-        return [row for cloud in ('cloud_a', 'cloud_b') for row in self.sql(
-            'secmig_%s' % cloud, "SELECT id, side, state FROM "
-            "secmig_migrations WHERE instance_uuid='%s'" % server_id)]
-
     def test_destination_in_disabled_mode(self):
         a, b = self.hosts
         driver, enforcement = self.conf_of(b)
@@ -116,16 +111,9 @@ class ModesTest(base.CloudTestCase):
 
         # preferred: plain, and it works.
         self.migrate(preferred, b)
-        migration = self.final_migration(preferred)
-        self.assertEqual('completed', migration['Status'], migration)
-        server = self.server(preferred)
-        self.assertEqual(('ACTIVE', b), (server['status'],
-                                         server['OS-EXT-SRV-ATTR:host']))
-        self.wait_heartbeat(preferred, above=beat)
-        self.assertEqual([], self.brokers_heard_of(preferred))
+        self.assertEndedOn(preferred, 'completed', b, beat)
         # ...and the source says so, for the security reviewer.
-        with open(os.path.join(self.cloud['SECMIG_CLOUD_DIR'], 'logs',
-                               'nova-compute-%s.log' % a[len('lab-'):])) as f:
+        with open(self.log_file('nova-compute-%s' % a[len('lab-'):])) as f:
             warned = [line for line in f if 'is NOT encrypted' in line
                       and preferred in line]
         self.assertEqual(1, len(warned), warned)
@@ -139,15 +127,23 @@ class ModesTest(base.CloudTestCase):
                        project=self.project, fmt=None, check=False)
         self.assertEqual(1, res.returncode, res.stdout)
         self.assertIn('No valid host was found', res.stderr)
-        migration = self.final_migration(required)
-        self.assertEqual('error', migration['Status'], migration)
-        server = self.server(required)
-        self.assertEqual(('ACTIVE', a), (server['status'],
-                                         server['OS-EXT-SRV-ATTR:host']))
-        self.wait_heartbeat(required, above=beat)
-        self.assertEqual([], self.brokers_heard_of(required))
+        self.assertEndedOn(required, 'error', a, beat)
         self.assertIn('%s does not offer secure live migration' % b,
                       self.precheck_refusal(required, refusing_check))
+
+    def assertEndedOn(self, server_id, status, host, beat):
+        """The migration ended ``status``; the server runs on ``host``.
+
+        ACTIVE there, its guest's heartbeat past ``beat``, and no broker
+        heard of it.
+        """
+        migration = self.final_migration(server_id)
+        self.assertEqual(status, migration['Status'], migration)
+        server = self.server(server_id)
+        self.assertEqual(('ACTIVE', host), (server['status'],
+                                            server['OS-EXT-SRV-ATTR:host']))
+        self.wait_heartbeat(server_id, above=beat)
+        self.assertEqual([], self.brokers_heard_of(server_id))
 
     def precheck_refusal(self, server_id, check_event):
         """The details of the failed pre-check event ``check_event``."""
